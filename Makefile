@@ -1,0 +1,65 @@
+# kube-xdp: every entry point a person or CI needs. Run as root on Debian 12.
+#   make demo   bring the local rig up, deploy the examples, send traffic, print a table
+#   make test   the whole suite (unit, kernel, rig e2e)
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+RIG_ARGS ?=
+export KUBE_XDP_CACHE ?= $(HOME)/.cache/kube-xdp
+
+.PHONY: help deps venv apiserver crds rig-up rig-down rig-status demo test test-unit test-kernel test-e2e clean
+
+help:
+	@echo "targets: demo test test-unit test-kernel test-e2e rig-up rig-down rig-status crds deps venv apiserver clean"
+
+# Debian packages and bcc's kernel-header links (idempotent, fast when done).
+deps:
+	@bash scripts/install-host-deps.sh
+
+# A venv on Debian's python3 that sees Debian's bcc (system site packages) and our deps.
+$(VENV)/.installed: pyproject.toml
+	@test -x /usr/bin/python3 || { echo "Debian's /usr/bin/python3 is missing: run 'make deps'"; exit 1; }
+	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@$(PY) -c "import bcc, kopf, kubernetes, pyroute2, yaml" || { echo "venv cannot import bcc/kopf/kubernetes/pyroute2/yaml"; exit 1; }
+	@touch $@
+
+venv: deps $(VENV)/.installed
+
+# kube-apiserver built from Debian's kubernetes source package, cached in $(KUBE_XDP_CACHE).
+apiserver: deps
+	@bash scripts/build-kube-apiserver.sh
+
+crds: venv
+	$(PY) -m kube_xdp_api.schema --write crds/
+
+rig-up: venv apiserver
+	$(PY) -m kube_xdp_rig up $(RIG_ARGS)
+
+rig-down: venv
+	$(PY) -m kube_xdp_rig down
+
+rig-status: venv
+	$(PY) -m kube_xdp_rig status
+
+demo: venv apiserver
+	$(PY) -m kube_xdp_rig.demo $(RIG_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-kernel: venv
+	$(PY) -m pytest tests/kernel $(PYTEST_ARGS)
+
+test-e2e: venv apiserver
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+# The whole suite. Tests that need the rig start and stop their own.
+test: venv apiserver
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+clean:
+	-$(PY) -m kube_xdp_rig down
+	rm -rf $(VENV) .pytest_cache
