@@ -1,0 +1,142 @@
+"""etcd and kube-apiserver on loopback: start, wait until ready, diagnose port clashes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .procs import ProcTable
+
+APISERVER_BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-kube-apiserver.sh"
+SERVICE_ACCOUNT_ISSUER = "https://kube-xdp-rig.invalid"
+
+
+class RigError(RuntimeError):
+    """A rig operation failed; the message is one line saying what to do."""
+
+
+def port_owner(port: int) -> str | None:
+    """Who listens on 127.0.0.1:port (or any address), e.g. 'pid 123 (nginx)'; None if free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return None
+        except OSError:
+            pass
+    out = subprocess.run(["ss", "-Htlnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return out.split("users:", 1)[1].strip() if "users:" in out else "an unknown process"
+
+
+def ensure_port_free(port: int, what: str, flag: str, grace: float = 0.0) -> None:
+    """Raise a one-line RigError naming the owner if the port is taken. `grace` waits for
+    a port held by a process that was just killed (the kernel closes it asynchronously)."""
+    deadline = time.monotonic() + grace
+    owner = port_owner(port)
+    while owner and time.monotonic() < deadline:
+        time.sleep(0.2)
+        owner = port_owner(port)
+    if owner:
+        raise RigError(f"port {port} for {what} is already in use by {owner}: stop it, or pass {flag} PORT")
+
+
+def apiserver_binary(cache_dir: Path) -> Path:
+    """The cached kube-apiserver, built from Debian's source package if missing."""
+    binary = cache_dir / "bin" / "kube-apiserver"
+    if not _runs(binary):
+        print(f"rig: kube-apiserver not cached at {binary}; building it from Debian's kubernetes source package (about 3-4 minutes)", flush=True)
+        proc = subprocess.run(["bash", str(APISERVER_BUILD_SCRIPT)], env=_env(cache_dir))
+        if proc.returncode != 0 or not _runs(binary):
+            raise RigError(f"building kube-apiserver failed (see the output above); rerun 'make apiserver' after fixing")
+    return binary
+
+
+def _env(cache_dir: Path) -> dict:
+    import os
+    return {**os.environ, "KUBE_XDP_CACHE": str(cache_dir)}
+
+
+def _runs(binary: Path) -> bool:
+    if not binary.is_file():
+        return False
+    try:
+        return subprocess.run([str(binary), "--version"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def start_etcd(procs: ProcTable, state: Path, port: int) -> None:
+    data = state / "etcd"
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    peer = port + 1
+    procs.start("etcd", [
+        "etcd", "--name", "kube-xdp-rig", "--data-dir", str(data),
+        "--listen-client-urls", f"http://127.0.0.1:{port}", "--advertise-client-urls", f"http://127.0.0.1:{port}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"kube-xdp-rig=http://127.0.0.1:{peer}", "--initial-cluster-state", "new",
+        "--log-level", "warn", "--logger", "zap",
+    ])
+    _wait(lambda: _etcd_healthy(port), 30, "etcd", procs, "etcd")
+
+
+def _etcd_healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return json.loads(r.read()).get("health") == "true"
+    except (OSError, ValueError):
+        return False
+
+
+def start_apiserver(procs: ProcTable, state: Path, binary: Path, port: int, etcd_port: int,
+                    extra_args: list[str] | None = None) -> None:
+    pki = state / "pki"
+    procs.start("kube-apiserver", [
+        str(binary),
+        f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+        f"--secure-port={port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+        "--insecure-port=0",
+        f"--tls-cert-file={pki}/server.crt", f"--tls-private-key-file={pki}/server.key",
+        f"--client-ca-file={pki}/ca.crt",
+        f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--token-auth-file={pki}/tokens.csv",
+        "--authorization-mode=RBAC",
+        "--service-cluster-ip-range=10.96.0.0/24",
+        "--allow-privileged=true",
+        "--profiling=false",
+        "--v=1",
+        *(extra_args or []),
+    ])
+
+
+def wait_apiserver(procs: ProcTable, server: str, ca_file: Path, token: str, timeout: float = 60) -> None:
+    _wait(lambda: apiserver_ready(server, ca_file, token), timeout, "kube-apiserver", procs, "kube-apiserver")
+
+
+def apiserver_ready(server: str, ca_file: Path, token: str) -> bool:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    req = urllib.request.Request(f"{server}/readyz", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=3, context=ctx) as r:
+            return r.status == 200
+    except (OSError, urllib.error.URLError, ssl.SSLError):
+        return False
+
+
+def _wait(check, timeout: float, what: str, procs: ProcTable, name: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if procs.exited(name) is not None:
+            log = procs.log_dir / f"{name}.log"
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            raise RigError(f"{what} exited during start-up; last log lines: {' | '.join(tail)} (full log: {log})")
+        time.sleep(0.25)
+    raise RigError(f"{what} not ready after {timeout:.0f}s (log: {procs.log_dir / (name + '.log')})")

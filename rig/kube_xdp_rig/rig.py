@@ -1,0 +1,297 @@
+"""Rig orchestration: up (idempotent, recovers a stale rig), down (removes everything it
+created), status. The state file <state>/rig.json describes a running rig for tests, the
+demo and people: kubeconfig paths, nodes, namespaces, interfaces, addresses, bpffs."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import certs, controlplane, kube, netns
+from .config import RigConfig
+from .controlplane import RigError
+from .procs import ProcTable
+
+STATE_FILE = "rig.json"
+
+
+@dataclasses.dataclass
+class NodeInfo:
+    name: str
+    netns: str
+    src_netns: str
+    bpffs: str
+    labels: dict
+    interfaces: list[dict]      # {name, node_ip, src_ip, node_mac, src_mac}
+
+
+@dataclasses.dataclass
+class RigInfo:
+    """What a running rig looks like, as written to rig.json."""
+
+    instance: str
+    state_dir: str
+    server: str
+    kubeconfig: str                 # admin
+    kubeconfigs: dict               # identity -> path (admin, nobody, operator, agent)
+    ca_file: str
+    nodes: list[NodeInfo]
+    apiserver_port: int
+    etcd_port: int
+    config: dict
+
+    @classmethod
+    def load(cls, state_dir: Path) -> "RigInfo":
+        data = json.loads((state_dir / STATE_FILE).read_text())
+        data["nodes"] = [NodeInfo(**n) for n in data["nodes"]]
+        return cls(**data)
+
+    def node(self, name: str) -> NodeInfo:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no rig node named {name!r}; nodes: {[n.name for n in self.nodes]}")
+
+
+class Rig:
+    def __init__(self, config: RigConfig):
+        self.config = config
+        self.state = config.state_dir
+        self.procs = ProcTable(self.state)
+        self.prefix = f"{config.instance}-"
+
+    # -- helpers ---------------------------------------------------------------------
+    @contextmanager
+    def _lock(self):
+        self.state.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.state.parent / f".{self.config.instance}.lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RigError(f"another 'rig up/down' for instance {self.config.instance} is running; wait for it") from None
+            try:
+                yield
+            finally:
+                if not self.state.exists():
+                    (self.state.parent / f".{self.config.instance}.lock").unlink(missing_ok=True)
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.config.apiserver_port}"
+
+    def info(self) -> RigInfo | None:
+        try:
+            return RigInfo.load(self.state)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def healthy(self) -> bool:
+        info = self.info()
+        if info is None or self.procs.pid("etcd") is None or self.procs.pid("kube-apiserver") is None:
+            return False
+        token = certs.tokens(Path(info.state_dir) / "pki")["admin"]
+        return controlplane.apiserver_ready(info.server, Path(info.ca_file), token)
+
+    def leftovers(self) -> dict:
+        """Everything of this instance that exists on the machine right now."""
+        return {
+            "processes": sorted({f"{p.name}[{p.pid}]" for p in self.procs.running()}
+                                | {f"{_comm(pid)}[{pid}]" for pid in self.procs.strays()}),
+            "netns": netns.list_netns(self.prefix),
+            "mounts": netns.mounts_under(self.state),
+            "state_dir": self.state.exists() or self.failed_logs.exists(),
+        }
+
+    # -- up --------------------------------------------------------------------------
+    def up(self, log=print) -> RigInfo:
+        with self._lock():
+            t0 = time.monotonic()
+            info = self.info()
+            if info is not None and self.healthy():
+                if (info.apiserver_port, info.etcd_port) != (self.config.apiserver_port, self.config.etcd_port):
+                    raise RigError(f"the rig is already up on ports {info.apiserver_port}/{info.etcd_port}; "
+                                   "run 'down' first to change ports")
+                log(f"rig: already up ({info.server}); reconciling nodes")
+                info = self._reconcile_nodes(log)
+            else:
+                left = self.leftovers()
+                if any(left.values()):
+                    log(f"rig: found a stale rig ({_describe(left)}); cleaning it up first")
+                    self._down(log=lambda *_: None)
+                info = self._fresh_up(log, grace=5.0 if any(left.values()) else 0.0)
+            log(f"rig: up in {time.monotonic() - t0:.1f}s")
+            return info
+
+    def _fresh_up(self, log, grace: float = 0.0) -> RigInfo:
+        cfg = self.config
+        controlplane.ensure_port_free(cfg.apiserver_port, "kube-apiserver", "--apiserver-port", grace)
+        controlplane.ensure_port_free(cfg.etcd_port, "etcd", "--etcd-port", grace)
+        controlplane.ensure_port_free(cfg.etcd_port + 1, "etcd peer", "--etcd-port", grace)
+        binary = controlplane.apiserver_binary(cfg.cache_dir)
+        self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            pki = self.state / "pki"
+            certs.generate(pki)
+            log(f"rig: starting etcd on 127.0.0.1:{cfg.etcd_port}")
+            controlplane.start_etcd(self.procs, self.state, cfg.etcd_port)
+            log(f"rig: starting kube-apiserver on {self.server}")
+            controlplane.start_apiserver(self.procs, self.state, binary, cfg.apiserver_port, cfg.etcd_port)
+            tokens = certs.tokens(pki)
+            kubeconfigs = {}
+            for ident, token in tokens.items():
+                path = self.state / f"{ident}.kubeconfig"
+                certs.write_kubeconfig(path, server=self.server, ca_file=pki / "ca.crt",
+                                       user=certs.IDENTITIES[ident][0], token=token)
+                kubeconfigs[ident] = str(path)
+            controlplane.wait_apiserver(self.procs, self.server, pki / "ca.crt", tokens["admin"])
+            self._write_info(kubeconfigs, nodes=[])
+            return self._reconcile_nodes(log)
+        except BaseException:
+            kept = self._keep_logs()
+            log(f"rig: start-up failed; removing what was created (logs kept in {kept})")
+            self._down(log=lambda *_: None, keep_failed_logs=True)
+            raise
+
+    def _write_info(self, kubeconfigs: dict, nodes: list[NodeInfo]) -> RigInfo:
+        cfg = self.config
+        info = RigInfo(
+            instance=cfg.instance, state_dir=str(self.state), server=self.server,
+            kubeconfig=kubeconfigs["admin"], kubeconfigs=kubeconfigs,
+            ca_file=str(self.state / "pki" / "ca.crt"), nodes=nodes,
+            apiserver_port=cfg.apiserver_port, etcd_port=cfg.etcd_port,
+            config={"nodes": cfg.nodes, "interfaces": list(cfg.interfaces), "labels": cfg.labels,
+                    "node_labels": cfg.node_labels},
+        )
+        tmp = self.state / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(info), indent=2))
+        tmp.rename(self.state / STATE_FILE)
+        return info
+
+    def _reconcile_nodes(self, log) -> RigInfo:
+        """Make nodes exactly what the config asks: create missing, rebuild broken,
+        remove extra (namespaces, bpffs, Node objects)."""
+        info = self.info()
+        assert info is not None
+        api = kube.client(Path(info.kubeconfig))
+        wanted = {n.name: n for n in self.config.node_specs()}
+        existing_ns = set(netns.list_netns(self.prefix))
+        nodes = []
+        for spec in wanted.values():
+            ns, src = spec.netns(self.config.instance), spec.src_netns(self.config.instance)
+            bpffs = self.state / "nodes" / spec.name / "bpffs"
+            if not self._node_intact(spec, existing_ns, bpffs):
+                for name in (ns, src):
+                    if name in existing_ns:
+                        netns.delete_netns(name)
+                log(f"rig: creating node {spec.name} (netns {ns}, interfaces {', '.join(l.name for l in spec.links)})")
+                netns.create_node_netns(spec, self.config.instance)
+            netns.mount_bpffs(bpffs)
+            kube.ensure_node(api, spec)
+            nodes.append(NodeInfo(
+                name=spec.name, netns=ns, src_netns=src, bpffs=str(bpffs), labels=spec.labels,
+                interfaces=[{"name": l.name, "node_ip": l.node_ip, "src_ip": l.src_ip,
+                             "node_mac": netns.mac(ns, l.name), "src_mac": netns.mac(src, l.name)}
+                            for l in spec.links]))
+        for name in kube.rig_nodes(api):
+            if name not in wanted:
+                log(f"rig: removing extra node {name}")
+                kube.delete_node(api, name)
+        keep = {n.netns for n in nodes} | {n.src_netns for n in nodes}
+        for name in netns.list_netns(self.prefix):
+            if name not in keep:
+                netns.delete_netns(name)
+        for node_dir in (self.state / "nodes").glob("*") if (self.state / "nodes").is_dir() else []:
+            if node_dir.name not in wanted:
+                for point in netns.mounts_under(node_dir):
+                    netns.umount(point)
+                shutil.rmtree(node_dir, ignore_errors=True)
+        api.close()
+        return self._write_info(info.kubeconfigs, nodes)
+
+    def _node_intact(self, spec, existing_ns: set, bpffs: Path) -> bool:
+        ns, src = spec.netns(self.config.instance), spec.src_netns(self.config.instance)
+        if ns not in existing_ns or src not in existing_ns:
+            return False
+        try:
+            states = netns.link_states(ns)
+        except RigError:
+            return False
+        return all(states.get(l.name) in ("UP", "UNKNOWN") for l in spec.links)
+
+    # -- down ------------------------------------------------------------------------
+    def down(self, log=print) -> dict:
+        with self._lock():
+            left = self.leftovers()
+            if not any(left.values()):
+                log(f"rig: nothing to do: no rig '{self.config.instance}' is up")
+                return left
+            self._down(log)
+            remaining = self.leftovers()
+            if any(remaining.values()):
+                raise RigError(f"rig: could not remove everything: {_describe(remaining)}")
+            log("rig: down; nothing left behind")
+            return left
+
+    @property
+    def failed_logs(self) -> Path:
+        return self.state.parent / f"{self.config.instance}.failed-logs"
+
+    def _keep_logs(self) -> Path:
+        shutil.rmtree(self.failed_logs, ignore_errors=True)
+        if self.procs.log_dir.is_dir():
+            shutil.copytree(self.procs.log_dir, self.failed_logs)
+        return self.failed_logs
+
+    def _down(self, log, keep_failed_logs: bool = False) -> None:
+        killed = self.procs.stop_all()
+        if killed:
+            log(f"rig: stopped {len(killed)} process(es)")
+        for name in netns.list_netns(self.prefix):
+            netns.delete_netns(name)
+        for point in netns.mounts_under(self.state):
+            netns.umount(point)
+        if self.state.exists():
+            shutil.rmtree(self.state)
+        if not keep_failed_logs:
+            shutil.rmtree(self.failed_logs, ignore_errors=True)
+        (self.state.parent / f".{self.config.instance}.lock").unlink(missing_ok=True)
+
+    # -- status ----------------------------------------------------------------------
+    def status(self) -> dict:
+        info = self.info()
+        procs = self.procs.running()
+        return {
+            "instance": self.config.instance,
+            "up": info is not None and self.healthy(),
+            "server": info.server if info else None,
+            "kubeconfig": info.kubeconfig if info else None,
+            "processes": [{"name": p.name, "pid": p.pid, "rss_mib": round(p.rss_kib / 1024, 1)} for p in procs],
+            "nodes": [{"name": n.name, "netns": n.netns, "links": netns.link_states(n.netns) if n.netns in netns.list_netns(self.prefix) else {},
+                       "bpffs": netns.is_bpffs(Path(n.bpffs))} for n in (info.nodes if info else [])],
+            "leftovers": self.leftovers() if info is None else None,
+        }
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def _describe(left: dict) -> str:
+    parts = []
+    if left["processes"]:
+        parts.append("processes " + ", ".join(left["processes"]))
+    if left["netns"]:
+        parts.append(f"{len(left['netns'])} namespaces")
+    if left["mounts"]:
+        parts.append(f"{len(left['mounts'])} mounts")
+    if left["state_dir"] and not parts:
+        parts.append("a state directory")
+    return "; ".join(parts)
