@@ -20,6 +20,9 @@ ATTACHMENT_KIND = "XdpAttachment"
 NODES = "xdpnodes"
 NODE_KIND = "XdpNode"
 CATEGORY = "kube-xdp"
+PROGRAM_SHORT_NAME = "xdpp"
+ATTACHMENT_SHORT_NAME = "xdpa"
+NODE_SHORT_NAME = "xdpn"
 
 # Labels put on every XdpAttachment by the operator. The agent lists/watches its own
 # attachments with a server-side label selector on LABEL_NODE.

@@ -1,0 +1,105 @@
+"""The catalogue of condition reasons: stable, CamelCase, documented in one place.
+
+A reason is part of the API: users alert on it, Argo CD/Flux show it, tests assert it.
+Never rename one; add a new one instead. Every reason a controller writes into a
+condition or an Event comes from this module (`CATALOGUE` maps each to its meaning).
+
+Who sets what:
+- the operator, on an XdpProgram: READY, PROGRESSING, AS_EXPECTED, NO_NODES_SELECTED,
+  NODES_NOT_READY, ATTACHMENTS_FAILED, DELETING, INVALID_SPEC, INVALID_DEFINE, and a
+  failing node's own reason when every failing node shares it;
+- the agent, on an XdpAttachment (and XdpNode): everything else.
+
+`STALLING` lists the reasons that need a human (a wrong spec, a program the kernel
+refuses, an interface that does not exist...): they go with `Stalled=True` so kstatus
+readers (Flux, kpt, Argo CD) report a failure instead of waiting for a timeout. The agent
+may still retry them slowly (a ConfigMap can be created later). Other failures are
+transient: `Ready=False` with `Reconciling=True` and a retry.
+"""
+
+from __future__ import annotations
+
+# --- Progress and success -------------------------------------------------------------
+READY = "Ready"
+ATTACHED = "Attached"
+PROGRESSING = "Progressing"
+AS_EXPECTED = "AsExpected"
+NO_NODES_SELECTED = "NoNodesSelected"
+DELETING = "Deleting"
+
+# --- Aggregates (XdpProgram, computed by the operator from its attachments) ------------
+NODES_NOT_READY = "NodesNotReady"
+ATTACHMENTS_FAILED = "AttachmentsFailed"
+
+# --- Spec and source ------------------------------------------------------------------
+INVALID_SPEC = "InvalidSpec"
+INVALID_DEFINE = "InvalidDefine"
+SOURCE_NOT_FOUND = "SourceNotFound"
+SOURCE_DIGEST_MISMATCH = "SourceDigestMismatch"
+
+# --- Compile and load (agent) ---------------------------------------------------------
+HEADERS_NOT_FOUND = "HeadersNotFound"
+COMPILE_ERROR = "CompileError"
+ENTRYPOINT_NOT_FOUND = "EntrypointNotFound"
+VERIFIER_REJECTED = "VerifierRejected"
+
+# --- Interfaces and attach (agent) ----------------------------------------------------
+INTERFACE_NOT_FOUND = "InterfaceNotFound"
+NO_INTERFACES_MATCHED = "NoInterfacesMatched"
+CONFLICT = "Conflict"
+HOOK_BUSY = "HookBusy"
+DRIVER_MODE_UNSUPPORTED = "DriverModeUnsupported"
+ATTACH_FAILED = "AttachFailed"
+PIN_FAILED = "PinFailed"
+DETACH_FAILED = "DetachFailed"
+
+CATALOGUE: dict[str, str] = {
+    READY: "Every selected node runs the program as asked (XdpProgram).",
+    ATTACHED: "The program is attached to every selected interface and read back (XdpAttachment).",
+    PROGRESSING: "Work is under way: an object was created or changed and its controller has not finished.",
+    AS_EXPECTED: "Nothing to report: used when Reconciling or Stalled is False.",
+    NO_NODES_SELECTED: "The nodeSelector matches no node; the program is Ready with nothing to run.",
+    DELETING: "The object is being deleted; programs are being detached and unpinned.",
+    NODES_NOT_READY: "Some selected nodes have not reported their attachment Ready yet; none failed permanently.",
+    ATTACHMENTS_FAILED: "Attachments on several nodes failed for different reasons (see failingNodes).",
+    INVALID_SPEC: "The spec breaks a validation rule the API server did not (or could not) enforce.",
+    INVALID_DEFINE: "A define's name is not a C identifier or its value could smuggle a flag or a path.",
+    SOURCE_NOT_FOUND: "The source ConfigMap, or the key in it, does not exist.",
+    SOURCE_DIGEST_MISMATCH: "The source the agent fetched differs from the attachment's digest (changed in flight).",
+    HEADERS_NOT_FOUND: "The node has no kernel headers for bcc (/lib/modules/<release>/build or kheaders).",
+    COMPILE_ERROR: "The C source does not compile; the message holds the compiler output (trimmed).",
+    ENTRYPOINT_NOT_FOUND: "The compiled object has no function named spec.entrypoint.",
+    VERIFIER_REJECTED: "The kernel verifier refused the program; the message holds the verifier log (trimmed).",
+    INTERFACE_NOT_FOUND: "An interface named in spec.interfaces.names does not exist on the node.",
+    NO_INTERFACES_MATCHED: "spec.interfaces (pattern or primary) matches no interface on the node.",
+    CONFLICT: "Another XdpProgram with a higher priority (or the same priority, older) holds the interface.",
+    HOOK_BUSY: "The interface's XDP hook holds a program kube-xdp does not own; it is never replaced.",
+    DRIVER_MODE_UNSUPPORTED: "The driver refused the mode and every allowed fallback mode.",
+    ATTACH_FAILED: "The kernel refused the attach for another reason (errno in the message); retried.",
+    PIN_FAILED: "Pinning in bpffs failed (bpffs not mounted, permissions); retried.",
+    DETACH_FAILED: "Detaching or unpinning failed during cleanup; retried before the finalizer goes.",
+}
+
+# Reasons that need a human: set with Stalled=True (see the module docstring).
+STALLING: frozenset[str] = frozenset(
+    {
+        ATTACHMENTS_FAILED,
+        INVALID_SPEC,
+        INVALID_DEFINE,
+        SOURCE_NOT_FOUND,
+        HEADERS_NOT_FOUND,
+        COMPILE_ERROR,
+        ENTRYPOINT_NOT_FOUND,
+        VERIFIER_REJECTED,
+        INTERFACE_NOT_FOUND,
+        NO_INTERFACES_MATCHED,
+        CONFLICT,
+        HOOK_BUSY,
+        DRIVER_MODE_UNSUPPORTED,
+    }
+)
+
+
+def is_stalling(reason: str) -> bool:
+    """True when `reason` is a permanent failure (goes with Stalled=True)."""
+    return reason in STALLING

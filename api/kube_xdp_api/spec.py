@@ -1,0 +1,497 @@
+"""Typed, validated specs: XdpProgram and XdpAttachment spec dicts -> frozen dataclasses.
+
+Defense in depth: the CRD schema (schema.py) rejects most bad specs at the API server,
+but the agent runs as root and compiles what it is given, so it must not trust that the
+schema was installed, current or complete. Every rule of the schema is checked again
+here, plus the rules a v1.20 structural schema cannot express:
+
+- keys of `defines` and `nodeSelector.matchLabels` (no `propertyNames` /
+  `patternProperties` in CRD schemas);
+- `pattern` compiles as a Python regex (the agent matches with Python's `re.fullmatch`);
+- `inline` is at most 65536 UTF-8 *bytes* (the schema's maxLength counts characters);
+- selector operators and their values (`In`/`NotIn` need values, `Exists`/`DoesNotExist`
+  forbid them): Kubernetes' own rule, needs conditionals the schema cannot hold.
+
+A broken rule raises `SpecError(reason, message)` with a stable reason from reasons.py:
+`InvalidDefine` for defines, `InvalidSpec` for everything else. Unknown fields are
+ignored (the API server prunes them; a newer operator may add fields an older agent does
+not know).
+
+The regex constants below are shared with schema.py. They use only the syntax where
+Go's RE2 (the API server) and Python's `re` agree, and Python applies them with
+`fullmatch` (so `$` never accepts a trailing newline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kube_xdp_api import reasons
+
+# --- Patterns and limits shared with the CRD schema ------------------------------------
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_LABEL_MAX = 63
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_SUBDOMAIN_MAX = 253
+CONFIGMAP_KEY = r"^[-._a-zA-Z0-9]+$"
+CONFIGMAP_KEY_MAX = 253
+C_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+C_IDENTIFIER_MAX = 64
+# A define value: C-token characters only; a leading '-' only before a digit or '.'
+# (negative numbers), so a value never looks like a compiler flag. '..' is refused too
+# (schema: a `not` pattern; here: DEFINE_VALUE_FORBIDDEN).
+DEFINE_VALUE = r"^(([A-Za-z0-9_.+]|-[0-9.])[A-Za-z0-9_.+-]*)?$"
+DEFINE_VALUE_FORBIDDEN = r"\.\."
+DEFINE_VALUE_MAX = 128
+DEFINES_MAX = 32
+INLINE_SOURCE_MAX_BYTES = 65536
+# Linux interface names: 1-15 bytes; Linux refuses '/', ':' and whitespace, and the
+# names '.' and '..'. We accept a conservative subset.
+INTERFACE_NAME = r"^[A-Za-z0-9_.-]{1,15}$"
+INTERFACE_NAMES_FORBIDDEN = (".", "..")
+INTERFACE_NAMES_MAX = 32
+INTERFACE_PATTERN_MAX = 256
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_VALUE_MAX = 63
+# A label key: optional DNS-subdomain prefix and '/', then a name of at most 63.
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_KEY_MAX = DNS_SUBDOMAIN_MAX + 1 + 63
+MATCH_LABELS_MAX = 64
+MATCH_EXPRESSIONS_MAX = 32
+EXPRESSION_VALUES_MAX = 64
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+SOURCE_DIGEST = r"^[0-9a-f]{64}$"
+UID_MAX = 128
+
+MODES = ("offload", "native", "generic")
+DEFAULT_MODE = "native"
+DEFAULT_FALLBACK = ("generic",)
+PRIORITY_MIN, PRIORITY_MAX, DEFAULT_PRIORITY = 0, 1000, 500
+
+
+class SpecError(ValueError):
+    """A spec breaks a rule: `reason` is a stable condition reason, `message` names the field."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def source_digest(source_text: str) -> str:
+    """sha256 hex digest of the UTF-8 bytes of a program's source (operator and agent)."""
+    return hashlib.sha256(source_text.encode("utf-8")).hexdigest()
+
+
+def define_flags(defines: Iterable[tuple[str, str]]) -> list[str]:
+    """Compiler arguments for validated defines: one `-DNAME=VALUE` argv element each."""
+    return [f"-D{name}={value}" for name, value in defines]
+
+
+def validate_program_name(name: object) -> str:
+    """An XdpProgram name must be a DNS label: it becomes a label value and a bpffs dir."""
+    _check_string(name, "metadata.name", pattern=DNS_LABEL, max_len=DNS_LABEL_MAX)
+    return name  # type: ignore[return-value]
+
+
+# --- Value types ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConfigMapRef:
+    namespace: str
+    name: str
+    key: str
+
+    def __post_init__(self) -> None:
+        path = "spec.source.configMapRef"
+        _check_string(self.namespace, f"{path}.namespace", pattern=DNS_LABEL, max_len=DNS_LABEL_MAX)
+        _check_string(self.name, f"{path}.name", pattern=DNS_SUBDOMAIN, max_len=DNS_SUBDOMAIN_MAX)
+        _check_string(self.key, f"{path}.key", pattern=CONFIGMAP_KEY, max_len=CONFIGMAP_KEY_MAX)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"namespace": self.namespace, "name": self.name, "key": self.key}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Exactly one of `inline` (C source text) or `config_map_ref`."""
+
+    inline: str | None = None
+    config_map_ref: ConfigMapRef | None = None
+
+    def __post_init__(self) -> None:
+        if (self.inline is None) == (self.config_map_ref is None):
+            raise SpecError(reasons.INVALID_SPEC, "spec.source: set exactly one of inline, configMapRef")
+        if self.inline is not None:
+            check_inline_source(self.inline, "spec.source.inline")
+        elif not isinstance(self.config_map_ref, ConfigMapRef):
+            raise SpecError(reasons.INVALID_SPEC, "spec.source.configMapRef: must be an object")
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.inline is not None:
+            return {"inline": self.inline}
+        assert self.config_map_ref is not None
+        return {"configMapRef": self.config_map_ref.to_dict()}
+
+
+def check_inline_source(text: object, path: str = "source") -> str:
+    """C source text: non-empty, UTF-8, no NUL, at most INLINE_SOURCE_MAX_BYTES bytes.
+
+    Also used by the agent on source read from a ConfigMap.
+    """
+    if not isinstance(text, str) or not text:
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: must be a non-empty string")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: not valid UTF-8 text") from exc
+    if size > INLINE_SOURCE_MAX_BYTES:
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: {size} bytes, at most {INLINE_SOURCE_MAX_BYTES}")
+    if "\x00" in text:
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: contains a NUL character")
+    return text
+
+
+@dataclass(frozen=True)
+class Interfaces:
+    """Which interfaces on a node: exactly one of `names`, `pattern`, `primary`."""
+
+    names: tuple[str, ...] = ()
+    pattern: str | None = None
+    primary: bool = False
+
+    def __post_init__(self) -> None:
+        chosen = [bool(self.names), self.pattern is not None, self.primary is True]
+        if sum(chosen) != 1:
+            raise SpecError(reasons.INVALID_SPEC, "spec.interfaces: set exactly one of names, pattern, primary: true")
+        if self.names:
+            if len(self.names) > INTERFACE_NAMES_MAX:
+                raise SpecError(reasons.INVALID_SPEC, f"spec.interfaces.names: at most {INTERFACE_NAMES_MAX} names")
+            for i, name in enumerate(self.names):
+                check_interface_name(name, f"spec.interfaces.names[{i}]")
+            if len(set(self.names)) != len(self.names):
+                raise SpecError(reasons.INVALID_SPEC, "spec.interfaces.names: duplicate names")
+        if self.pattern is not None:
+            _check_string(self.pattern, "spec.interfaces.pattern", max_len=INTERFACE_PATTERN_MAX, min_len=1)
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise SpecError(reasons.INVALID_SPEC, f"spec.interfaces.pattern: not a valid regex: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.names:
+            return {"names": list(self.names)}
+        if self.pattern is not None:
+            return {"pattern": self.pattern}
+        return {"primary": True}
+
+
+def check_interface_name(name: object, path: str = "interface") -> str:
+    _check_string(name, path, pattern=INTERFACE_NAME, max_len=15)
+    if name in INTERFACE_NAMES_FORBIDDEN:
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: {name!r} is not an interface name")
+    return name  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class LabelSelectorRequirement:
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        path = f"spec.nodeSelector.matchExpressions[{self.key!r}]"
+        check_label_key(self.key, "spec.nodeSelector.matchExpressions.key")
+        if self.operator not in SELECTOR_OPERATORS:
+            raise SpecError(reasons.INVALID_SPEC, f"{path}.operator: must be one of {', '.join(SELECTOR_OPERATORS)}")
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise SpecError(reasons.INVALID_SPEC, f"{path}.values: required for operator {self.operator}")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise SpecError(reasons.INVALID_SPEC, f"{path}.values: must be empty for operator {self.operator}")
+        if len(self.values) > EXPRESSION_VALUES_MAX:
+            raise SpecError(reasons.INVALID_SPEC, f"{path}.values: at most {EXPRESSION_VALUES_MAX} values")
+        for value in self.values:
+            _check_string(value, f"{path}.values", pattern=LABEL_VALUE, max_len=LABEL_VALUE_MAX, min_len=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": self.key, "operator": self.operator}
+        if self.values:
+            out["values"] = list(self.values)
+        return out
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A Kubernetes label selector; empty selects everything (matching: selectors.py)."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.match_labels) > MATCH_LABELS_MAX:
+            raise SpecError(reasons.INVALID_SPEC, f"spec.nodeSelector.matchLabels: at most {MATCH_LABELS_MAX} labels")
+        if len(self.match_expressions) > MATCH_EXPRESSIONS_MAX:
+            raise SpecError(
+                reasons.INVALID_SPEC, f"spec.nodeSelector.matchExpressions: at most {MATCH_EXPRESSIONS_MAX} expressions"
+            )
+        for key, value in self.match_labels:
+            check_label_key(key, "spec.nodeSelector.matchLabels key")
+            _check_string(
+                value, f"spec.nodeSelector.matchLabels[{key}]", pattern=LABEL_VALUE, max_len=LABEL_VALUE_MAX, min_len=0
+            )
+
+    @classmethod
+    def from_dict(cls, raw: object, path: str = "spec.nodeSelector") -> LabelSelector:
+        if raw is None:
+            return cls()
+        raw = _mapping(raw, path)
+        labels = _string_map(raw.get("matchLabels"), f"{path}.matchLabels", reasons.INVALID_SPEC)
+        expressions = []
+        for i, item in enumerate(_list(raw.get("matchExpressions"), f"{path}.matchExpressions")):
+            item = _mapping(item, f"{path}.matchExpressions[{i}]")
+            values = _list(item.get("values"), f"{path}.matchExpressions[{i}].values")
+            expressions.append(
+                LabelSelectorRequirement(
+                    key=item.get("key"),  # type: ignore[arg-type]  (validated in __post_init__)
+                    operator=item.get("operator"),  # type: ignore[arg-type]
+                    values=tuple(values),
+                )
+            )
+        return cls(match_labels=tuple(sorted(labels.items())), match_expressions=tuple(expressions))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.match_labels:
+            out["matchLabels"] = dict(self.match_labels)
+        if self.match_expressions:
+            out["matchExpressions"] = [e.to_dict() for e in self.match_expressions]
+        return out
+
+
+def check_label_key(key: object, path: str) -> str:
+    _check_string(key, path, pattern=LABEL_KEY, max_len=LABEL_KEY_MAX)
+    prefix, _, _ = key.rpartition("/")  # type: ignore[union-attr]
+    if len(prefix) > DNS_SUBDOMAIN_MAX:
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: prefix longer than {DNS_SUBDOMAIN_MAX}")
+    return key  # type: ignore[return-value]
+
+
+def check_defines(defines: Iterable[tuple[object, object]]) -> tuple[tuple[str, str], ...]:
+    """Validate defines (name, value) pairs; returns them sorted by name."""
+    pairs = list(defines)
+    if len(pairs) > DEFINES_MAX:
+        raise SpecError(reasons.INVALID_DEFINE, f"spec.defines: {len(pairs)} entries, at most {DEFINES_MAX}")
+    for name, value in pairs:
+        if not isinstance(name, str) or len(name) > C_IDENTIFIER_MAX or not re.fullmatch(C_IDENTIFIER, name):
+            raise SpecError(
+                reasons.INVALID_DEFINE,
+                f"spec.defines: name {name!r} is not a C identifier of at most {C_IDENTIFIER_MAX} characters",
+            )
+        if (
+            not isinstance(value, str)
+            or len(value) > DEFINE_VALUE_MAX
+            or not re.fullmatch(DEFINE_VALUE, value)
+            or re.search(DEFINE_VALUE_FORBIDDEN, value)
+        ):
+            raise SpecError(
+                reasons.INVALID_DEFINE,
+                f"spec.defines[{name}]: value {value!r} must match {DEFINE_VALUE}, not contain '..',"
+                f" and be at most {DEFINE_VALUE_MAX} characters",
+            )
+    return tuple(sorted(pairs))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CompileFields:
+    """The small program fields copied into every XdpAttachment spec (not the source)."""
+
+    entrypoint: str
+    defines: tuple[tuple[str, str], ...] = ()
+    interfaces: Interfaces = Interfaces(primary=True)
+    mode: str = DEFAULT_MODE
+    fallback: tuple[str, ...] = DEFAULT_FALLBACK
+    priority: int = DEFAULT_PRIORITY
+
+    def __post_init__(self) -> None:
+        _check_string(self.entrypoint, "spec.entrypoint", pattern=C_IDENTIFIER, max_len=C_IDENTIFIER_MAX)
+        object.__setattr__(self, "defines", check_defines(self.defines))
+        if not isinstance(self.interfaces, Interfaces):
+            raise SpecError(reasons.INVALID_SPEC, "spec.interfaces: must be an object")
+        if self.mode not in MODES:
+            raise SpecError(reasons.INVALID_SPEC, f"spec.mode: {self.mode!r} is not one of {', '.join(MODES)}")
+        for m in self.fallback:
+            if m not in MODES:
+                raise SpecError(reasons.INVALID_SPEC, f"spec.fallback: {m!r} is not one of {', '.join(MODES)}")
+        if len(set(self.fallback)) != len(self.fallback):
+            raise SpecError(reasons.INVALID_SPEC, "spec.fallback: duplicate modes")
+        if type(self.priority) is not int or not PRIORITY_MIN <= self.priority <= PRIORITY_MAX:
+            raise SpecError(
+                reasons.INVALID_SPEC, f"spec.priority: must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}"
+            )
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> CompileFields:
+        return cls(
+            entrypoint=raw.get("entrypoint"),  # type: ignore[arg-type]  (validated in __post_init__)
+            defines=tuple(_string_map(raw.get("defines"), "spec.defines", reasons.INVALID_DEFINE).items()),
+            interfaces=_parse_interfaces(raw.get("interfaces")),
+            mode=raw.get("mode", DEFAULT_MODE),
+            fallback=tuple(_list(raw.get("fallback", list(DEFAULT_FALLBACK)), "spec.fallback")),
+            priority=raw.get("priority", DEFAULT_PRIORITY),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical form: every field present, defines sorted, one interfaces key."""
+        return {
+            "entrypoint": self.entrypoint,
+            "defines": dict(self.defines),
+            "interfaces": self.interfaces.to_dict(),
+            "mode": self.mode,
+            "fallback": list(self.fallback),
+            "priority": self.priority,
+        }
+
+    def modes_to_try(self) -> tuple[str, ...]:
+        """The preferred mode, then the fallback modes in order, each once."""
+        return tuple(dict.fromkeys((self.mode, *self.fallback)))
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    """An XdpProgram's spec, parsed and validated (defaults applied as the schema does)."""
+
+    source: Source
+    fields: CompileFields
+    node_selector: LabelSelector = LabelSelector()
+
+    @classmethod
+    def from_dict(cls, spec: object) -> ProgramSpec:
+        spec = _mapping(spec, "spec")
+        raw_source = _mapping(spec.get("source"), "spec.source")
+        inline = raw_source.get("inline")
+        ref = raw_source.get("configMapRef")
+        if inline is not None and ref is not None:
+            raise SpecError(reasons.INVALID_SPEC, "spec.source: set exactly one of inline, configMapRef")
+        if ref is not None:
+            ref = _mapping(ref, "spec.source.configMapRef")
+            ref = ConfigMapRef(
+                namespace=ref.get("namespace"),  # type: ignore[arg-type]  (validated in __post_init__)
+                name=ref.get("name"),  # type: ignore[arg-type]
+                key=ref.get("key"),  # type: ignore[arg-type]
+            )
+        return cls(
+            source=Source(inline=inline, config_map_ref=ref),
+            fields=CompileFields.from_dict(spec),
+            node_selector=LabelSelector.from_dict(spec.get("nodeSelector")),
+        )
+
+    def compile_fields(self) -> dict[str, Any]:
+        """The canonical fields copied into each XdpAttachment spec (see CompileFields)."""
+        return self.fields.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source.to_dict(), **self.compile_fields(), "nodeSelector": self.node_selector.to_dict()}
+
+
+@dataclass(frozen=True)
+class AttachmentSpec:
+    """An XdpAttachment's spec: written by the operator, read (and re-validated) by the agent."""
+
+    node_name: str
+    program_name: str
+    program_uid: str
+    program_generation: int
+    source_digest: str
+    fields: CompileFields
+
+    def __post_init__(self) -> None:
+        _check_string(self.node_name, "spec.nodeName", pattern=DNS_SUBDOMAIN, max_len=DNS_SUBDOMAIN_MAX)
+        _check_string(self.program_name, "spec.programRef.name", pattern=DNS_LABEL, max_len=DNS_LABEL_MAX)
+        _check_string(self.program_uid, "spec.programRef.uid", max_len=UID_MAX, min_len=1)
+        if type(self.program_generation) is not int or self.program_generation < 1:
+            raise SpecError(reasons.INVALID_SPEC, "spec.programGeneration: must be an integer >= 1")
+        _check_string(self.source_digest, "spec.sourceDigest", pattern=SOURCE_DIGEST, max_len=64)
+        if not isinstance(self.fields, CompileFields):
+            raise SpecError(reasons.INVALID_SPEC, "spec: compile fields missing")
+
+    @classmethod
+    def from_dict(cls, spec: object) -> AttachmentSpec:
+        spec = _mapping(spec, "spec")
+        ref = _mapping(spec.get("programRef"), "spec.programRef")
+        return cls(
+            node_name=spec.get("nodeName"),  # type: ignore[arg-type]  (validated in __post_init__)
+            program_name=ref.get("name"),  # type: ignore[arg-type]
+            program_uid=ref.get("uid"),  # type: ignore[arg-type]
+            program_generation=spec.get("programGeneration"),  # type: ignore[arg-type]
+            source_digest=spec.get("sourceDigest"),  # type: ignore[arg-type]
+            fields=CompileFields.from_dict(spec),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodeName": self.node_name,
+            "programRef": {"name": self.program_name, "uid": self.program_uid},
+            "programGeneration": self.program_generation,
+            "sourceDigest": self.source_digest,
+            **self.fields.to_dict(),
+        }
+
+
+# --- Parsing helpers ----------------------------------------------------------------------
+def _parse_interfaces(raw: object) -> Interfaces:
+    if raw is None:
+        return Interfaces(primary=True)
+    raw = _mapping(raw, "spec.interfaces")
+    names = _list(raw.get("names"), "spec.interfaces.names")
+    if "names" in raw and not names:
+        raise SpecError(reasons.INVALID_SPEC, "spec.interfaces.names: at least one name")
+    primary = raw.get("primary", False)
+    if type(primary) is not bool:
+        raise SpecError(reasons.INVALID_SPEC, "spec.interfaces.primary: must be a boolean")
+    if "primary" in raw and primary is not True:
+        raise SpecError(reasons.INVALID_SPEC, "spec.interfaces.primary: only true is allowed")
+    return Interfaces(names=tuple(names), pattern=raw.get("pattern"), primary=primary)
+
+
+def _check_string(
+    value: object, path: str, *, pattern: str | None = None, max_len: int | None = None, min_len: int = 1
+) -> None:
+    if not isinstance(value, str):
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: must be a string")
+    if len(value) < min_len:
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: must not be empty")
+    if max_len is not None and len(value) > max_len:
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: longer than {max_len} characters")
+    if pattern is not None and not re.fullmatch(pattern, value):
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: {value!r} does not match {pattern}")
+
+
+def _mapping(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: must be an object")
+    return value
+
+
+def _list(value: object, path: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: must be a list")
+    return list(value)
+
+
+def _string_map(value: object, path: str, reason: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(reason, f"{path}: must be an object")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise SpecError(reason, f"{path}: keys and values must be strings")
+    return dict(value)
