@@ -1,0 +1,294 @@
+"""kube-xdp's pins in a bpffs mount: programs and their maps survive the agent.
+
+Layout (docs/api.md):
+
+    <root>/kube-xdp/<program>/<digest12>/prog          the loaded program
+    <root>/kube-xdp/<program>/<digest12>/maps/<map>    its maps
+
+Every component is validated BEFORE the filesystem is touched (`fullmatch`, so no
+trailing newline slips through): `program` is a DNS label, `digest12` 12 lowercase hex
+digits, a map name a C identifier of at most 64 characters. The resolved path must
+stay under the root (a symlink planted in the bpffs cannot redirect a pin).
+
+No half-pinned state is visible: `pin_program` pins the program and its maps inside a
+staging directory `<program>/staging-<digest12>-<random>` and renames it to
+`<digest12>` (bpffs supports rename; rename onto a non-empty directory fails with
+ENOTEMPTY, so an existing pin is never overwritten). Staging names are never valid
+digests, so readers ignore them; leftovers of a crash are swept on the next pin of the
+same program. Traps: bpffs refuses any name containing a dot (EPERM, "reserved for
+future extensions"), hence no `.tmp` names; each `mount -t bpf` is a separate instance.
+
+One agent process per bpffs is assumed (the sweep would remove another writer's staging).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import secrets
+import shutil
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from kube_xdp_api.names import PIN_SUBDIR
+
+from . import bpfsys
+from .errors import BpfSyscallError, PinError
+
+if TYPE_CHECKING:
+    from .compile import LoadedProgram
+
+BPF_FS_MAGIC = 0xCAFE4A11
+
+PROGRAM_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DIGEST12_RE = re.compile(r"[0-9a-f]{12}")
+MAP_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+STAGING_PREFIX = "staging-"
+
+
+def validate_program(program: str) -> str:
+    if not isinstance(program, str) or not PROGRAM_RE.fullmatch(program):
+        raise PinError(f"program name {program!r} is not a DNS label", program=str(program))
+    return program
+
+
+def validate_digest12(digest12: str) -> str:
+    if not isinstance(digest12, str) or not DIGEST12_RE.fullmatch(digest12):
+        raise PinError(f"digest {digest12!r} is not 12 lowercase hex digits")
+    return digest12
+
+
+def validate_map_name(name: str) -> str:
+    if not isinstance(name, str) or not MAP_NAME_RE.fullmatch(name):
+        raise PinError(f"map name {name!r} is not a C identifier of at most 64 characters")
+    return name
+
+
+class _Statfs(ctypes.Structure):  # struct statfs (x86_64): f_type first, the rest unused here
+    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 112)]
+
+
+def fs_magic(path: str) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = _Statfs()
+    if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return buf.f_type & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class PinnedMap:
+    name: str
+    path: str
+    info: bpfsys.MapInfo
+
+    @property
+    def id(self) -> int:
+        return self.info.id
+
+
+@dataclass(frozen=True)
+class PinnedProgram:
+    program: str
+    digest12: str
+    path: str  # the <digest12> directory
+    prog_path: str
+    prog_id: int
+    tag: str
+    name: str
+    maps: Mapping[str, PinnedMap]
+
+
+class PinStore:
+    """kube-xdp's pins under one bpffs mount (`root`, the agent's --bpffs)."""
+
+    def __init__(self, root: str) -> None:
+        real = os.path.realpath(root)
+        try:
+            magic = fs_magic(real)
+        except OSError as exc:
+            raise PinError(f"cannot stat bpffs root {root!r}: {exc.strerror}", pin_path=root, errno=exc.errno) from exc
+        if magic != BPF_FS_MAGIC:
+            raise PinError(
+                f"{root!r} is not a bpffs mount (filesystem magic {magic:#x}, bpffs is {BPF_FS_MAGIC:#x}): "
+                f"mount it with `mount -t bpf bpf {root}`",
+                pin_path=root,
+            )
+        self.root = real
+        self.base = os.path.join(real, PIN_SUBDIR)
+        self._lock = threading.Lock()
+
+    # --- paths (validated, nothing touched) -------------------------------------------
+
+    def _inside(self, path: str) -> str:
+        resolved = os.path.realpath(path)
+        if resolved != self.root and not resolved.startswith(self.root + os.sep):
+            raise PinError(f"pin path {path!r} resolves outside the bpffs root to {resolved!r}", pin_path=path)
+        return path
+
+    def program_dir(self, program: str) -> str:
+        return self._inside(os.path.join(self.base, validate_program(program)))
+
+    def digest_dir(self, program: str, digest12: str) -> str:
+        return self._inside(os.path.join(self.program_dir(program), validate_digest12(digest12)))
+
+    def prog_path(self, program: str, digest12: str) -> str:
+        return self._inside(os.path.join(self.digest_dir(program, digest12), "prog"))
+
+    def map_path(self, program: str, digest12: str, map_name: str) -> str:
+        return self._inside(os.path.join(self.digest_dir(program, digest12), "maps", validate_map_name(map_name)))
+
+    # --- writing ------------------------------------------------------------------------
+
+    def pin_program(self, program: str, digest12: str, loaded: LoadedProgram) -> PinnedProgram:
+        """Pin `loaded` and all its maps under <program>/<digest12>, all or nothing.
+
+        Idempotent for the same program: when <digest12> already holds a pin of the
+        same prog id it is returned as is; a pin of another program raises PinError.
+        """
+        final = self.digest_dir(program, digest12)
+        names = [validate_map_name(name) for name in loaded.maps]
+        with self._lock:
+            if os.path.exists(final):
+                existing = self._read(program, digest12)
+                if existing.prog_id == loaded.prog_id:
+                    return existing
+                raise PinError(
+                    f"{final} already pins program {existing.prog_id}, not {loaded.prog_id}: unpin it first",
+                    program=program, pin_path=final,
+                )
+            program_dir = self.program_dir(program)
+            try:
+                os.makedirs(program_dir, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise PinError(f"cannot create {program_dir}: {exc.strerror}", program=program,
+                               pin_path=program_dir, errno=exc.errno) from exc
+            self._sweep_staging(program_dir)
+            staging = self._inside(os.path.join(program_dir, f"{STAGING_PREFIX}{digest12}-{secrets.token_hex(4)}"))
+            path = staging
+            try:
+                os.mkdir(staging, 0o700)
+                os.mkdir(os.path.join(staging, "maps"), 0o700)
+                path = os.path.join(staging, "prog")
+                bpfsys.obj_pin(loaded.prog_fd, path)
+                for name in names:
+                    path = os.path.join(staging, "maps", name)
+                    bpfsys.obj_pin(loaded.maps[name].fd, path)
+                path = final
+                os.rename(staging, final)
+            except (OSError, BpfSyscallError) as exc:
+                shutil.rmtree(staging, ignore_errors=True)
+                code = exc.errno
+                text = exc.strerror if isinstance(exc, OSError) else str(exc)
+                raise PinError(f"pinning {program}/{digest12} failed at {path}: {text}", program=program,
+                               pin_path=path, errno=code) from exc
+        return self._read(program, digest12)
+
+    def unpin(self, program: str, digest12: str | None = None) -> bool:
+        """Remove the pins of one digest, or of the whole program; False when none existed."""
+        path = self.program_dir(program) if digest12 is None else self.digest_dir(program, digest12)
+        with self._lock:
+            if not os.path.lexists(path):
+                return False
+            try:
+                shutil.rmtree(path)
+                if digest12 is not None:
+                    program_dir = self.program_dir(program)
+                    if not os.listdir(program_dir):
+                        os.rmdir(program_dir)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise PinError(f"unpinning {path} failed: {exc.strerror}", program=program, pin_path=path,
+                               errno=exc.errno) from exc
+        return True
+
+    @staticmethod
+    def _sweep_staging(program_dir: str) -> None:
+        for entry in os.listdir(program_dir):
+            if entry.startswith(STAGING_PREFIX):
+                shutil.rmtree(os.path.join(program_dir, entry), ignore_errors=True)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def list_programs(self) -> dict[str, list[str]]:
+        """program -> sorted digests with a pinned `prog` (invalid or staging names ignored)."""
+        result: dict[str, list[str]] = {}
+        try:
+            programs = sorted(os.listdir(self.base))
+        except FileNotFoundError:
+            return result
+        for program in programs:
+            if not PROGRAM_RE.fullmatch(program):
+                continue
+            digests = self._digests(program)
+            if digests:
+                result[program] = digests
+        return result
+
+    def _digests(self, program: str) -> list[str]:
+        try:
+            entries = os.listdir(self.program_dir(program))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(
+            d for d in entries if DIGEST12_RE.fullmatch(d) and os.path.exists(self.prog_path(program, d))
+        )
+
+    def open_pinned(self, program: str) -> list[PinnedProgram]:
+        """Every pinned digest of `program`, with the kernel's prog id, tag and maps."""
+        return [self._read(program, digest) for digest in self._digests(program)]
+
+    def _read(self, program: str, digest12: str) -> PinnedProgram:
+        prog_path = self.prog_path(program, digest12)
+        try:
+            with bpfsys.obj_get(prog_path) as fd:
+                info = bpfsys.prog_info(fd.fd)
+        except BpfSyscallError as exc:
+            raise PinError(f"cannot open pinned program {prog_path}: {exc}", program=program,
+                           pin_path=prog_path, errno=exc.errno) from exc
+        maps: dict[str, PinnedMap] = {}
+        maps_dir = os.path.join(self.digest_dir(program, digest12), "maps")
+        for name in sorted(os.listdir(maps_dir)) if os.path.isdir(maps_dir) else []:
+            if not MAP_NAME_RE.fullmatch(name):
+                continue
+            path = self.map_path(program, digest12, name)
+            try:
+                with bpfsys.obj_get(path) as fd:
+                    maps[name] = PinnedMap(name=name, path=path, info=bpfsys.map_info(fd.fd))
+            except BpfSyscallError as exc:
+                raise PinError(f"cannot open pinned map {path}: {exc}", program=program, pin_path=path,
+                               errno=exc.errno) from exc
+        return PinnedProgram(
+            program=program,
+            digest12=digest12,
+            path=self.digest_dir(program, digest12),
+            prog_path=prog_path,
+            prog_id=info.id,
+            tag=info.tag,
+            name=info.name,
+            maps=MappingProxyType(maps),
+        )
+
+    def open_prog_fd(self, program: str, digest12: str) -> bpfsys.Fd:
+        """A new fd of the pinned program (to attach it, or as the expected fd of a replace)."""
+        path = self.prog_path(program, digest12)
+        try:
+            return bpfsys.obj_get(path)
+        except BpfSyscallError as exc:
+            raise PinError(f"cannot open pinned program {path}: {exc}", program=program, pin_path=path,
+                           errno=exc.errno) from exc
+
+    def open_map(self, program: str, digest12: str, map_name: str) -> bpfsys.BpfMap:
+        """The pinned map, opened for element access (close it)."""
+        path = self.map_path(program, digest12, map_name)
+        try:
+            return bpfsys.BpfMap.open_pinned(path)
+        except BpfSyscallError as exc:
+            raise PinError(f"cannot open pinned map {path}: {exc}", program=program, pin_path=path,
+                           errno=exc.errno) from exc

@@ -1,0 +1,247 @@
+"""The XDP hook through netlink on a real veth in a real namespace.
+
+Every attach is also read back with iproute2 (`ip -j -d link show`), an independent
+reader of IFLA_XDP, so a wrong decoding in our layer cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from kube_xdp_agent.kernel import (
+    AttachError,
+    Compiler,
+    CompileRequest,
+    HookBusy,
+    InterfaceNotFound,
+    LoadedProgram,
+    Netlink,
+    NetnsNotFound,
+    bpfsys,
+)
+
+pytestmark = pytest.mark.kernel
+
+IPROUTE_MODES = {1: "native", 2: "generic", 3: "offload"}  # XDP_ATTACHED_* in `ip -j` output
+
+
+def iproute_xdp(netns: str, ifname: str) -> tuple[str | None, int | None]:
+    """(mode, prog id) as iproute2 reports them."""
+    out = subprocess.run(
+        ["ip", "-j", "-d", "-n", netns, "link", "show", ifname], check=True, capture_output=True, text=True
+    ).stdout
+    xdp = json.loads(out)[0].get("xdp")
+    if not xdp:
+        return None, None
+    return IPROUTE_MODES.get(xdp["mode"], f"mode{xdp['mode']}"), xdp.get("prog", {}).get("id")
+
+
+@pytest.fixture
+def nl(netns_pair) -> Iterator[Netlink]:
+    with Netlink(netns_pair.ns) as handle:
+        yield handle
+
+
+def test_interfaces_of_the_namespace(nl: Netlink, netns_pair) -> None:
+    by_name = {i.name: i for i in nl.interfaces()}
+    assert set(by_name) == {"lo", netns_pair.ns_if}
+    veth = nl.interface(netns_pair.ns_if)
+    assert veth == by_name[netns_pair.ns_if]
+    assert veth.kind == "veth" and veth.driver == "veth"
+    assert veth.oper_state == "up"
+    ip_link = json.loads(
+        subprocess.run(["ip", "-j", "-n", netns_pair.ns, "link", "show", netns_pair.ns_if],
+                       check=True, capture_output=True, text=True).stdout
+    )[0]
+    assert veth.mac == ip_link["address"] and veth.index == ip_link["ifindex"]
+    assert veth.xdp.attached is None and veth.xdp.prog_id is None
+    assert by_name["lo"].kind is None and by_name["lo"].driver is None
+
+
+@pytest.mark.parametrize("mode", ["native", "generic"])
+def test_attach_reads_back_mode_and_prog_id(nl: Netlink, netns_pair, pass_progs, mode: str) -> None:
+    prog = pass_progs[0]
+    state = nl.attach(netns_pair.ns_if, prog.prog_fd, mode)
+    assert state.attached == mode
+    assert state.prog_id == prog.prog_id == state.prog_id_for(mode)
+    other = "generic" if mode == "native" else "native"
+    assert state.prog_id_for(other) is None and state.hw_prog_id is None
+    assert nl.read_xdp(netns_pair.ns_if) == state
+    assert iproute_xdp(netns_pair.ns, netns_pair.ns_if) == (mode, prog.prog_id)
+
+
+def test_attach_on_occupied_hook_is_hook_busy(nl: Netlink, netns_pair, pass_progs) -> None:
+    first, second, _ = pass_progs
+    nl.attach(netns_pair.ns_if, first.prog_fd, "native")
+    with pytest.raises(HookBusy) as exc_info:
+        nl.attach(netns_pair.ns_if, second.prog_fd, "native")
+    err = exc_info.value
+    assert err.prog_id == first.prog_id and err.attached_mode == "native"
+    assert err.errno == errno.EBUSY and err.reason == "HookBusy"
+    assert err.interface == netns_pair.ns_if and err.netns == netns_pair.ns
+    assert iproute_xdp(netns_pair.ns, netns_pair.ns_if) == ("native", first.prog_id)  # untouched
+
+
+def test_other_mode_active_is_hook_busy(nl: Netlink, netns_pair, pass_progs) -> None:
+    first, second, _ = pass_progs
+    nl.attach(netns_pair.ns_if, first.prog_fd, "native")
+    with pytest.raises(HookBusy) as exc_info:
+        nl.attach(netns_pair.ns_if, second.prog_fd, "generic")
+    assert exc_info.value.prog_id == first.prog_id and exc_info.value.errno == errno.EEXIST
+    assert iproute_xdp(netns_pair.ns, netns_pair.ns_if) == ("native", first.prog_id)
+
+
+def test_atomic_replace(nl: Netlink, netns_pair, pass_progs) -> None:
+    first, second, _ = pass_progs
+    nl.attach(netns_pair.ns_if, first.prog_fd, "native")
+    state = nl.attach(netns_pair.ns_if, second.prog_fd, "native", expected_prog_fd=first.prog_fd)
+    assert (state.attached, state.prog_id) == ("native", second.prog_id)
+    assert iproute_xdp(netns_pair.ns, netns_pair.ns_if) == ("native", second.prog_id)
+    # Replacing a program by itself is a no-op the kernel accepts.
+    same = nl.attach(netns_pair.ns_if, second.prog_fd, "native", expected_prog_fd=second.prog_fd)
+    assert same.prog_id == second.prog_id
+
+
+def test_replace_with_wrong_expected_fd(nl: Netlink, netns_pair, pass_progs) -> None:
+    first, second, third = pass_progs
+    nl.attach(netns_pair.ns_if, first.prog_fd, "native")
+    with pytest.raises(HookBusy) as exc_info:
+        nl.attach(netns_pair.ns_if, third.prog_fd, "native", expected_prog_fd=second.prog_fd)
+    assert exc_info.value.prog_id == first.prog_id and exc_info.value.errno == errno.EEXIST
+    assert iproute_xdp(netns_pair.ns, netns_pair.ns_if) == ("native", first.prog_id)
+
+
+def test_replace_on_empty_hook(nl: Netlink, netns_pair, pass_progs) -> None:
+    first, second, _ = pass_progs
+    with pytest.raises(AttachError) as exc_info:
+        nl.attach(netns_pair.ns_if, second.prog_fd, "native", expected_prog_fd=first.prog_fd)
+    assert exc_info.value.reason == "AttachFailed" and exc_info.value.errno == errno.EEXIST
+    assert iproute_xdp(netns_pair.ns, netns_pair.ns_if) == (None, None)
+
+
+def test_detach_wrong_expected_leaves_foreign(nl: Netlink, netns_pair, pass_progs) -> None:
+    first, second, _ = pass_progs
+    nl.attach(netns_pair.ns_if, first.prog_fd, "native")
+    with pytest.raises(HookBusy) as exc_info:
+        nl.detach(netns_pair.ns_if, "native", expected_prog_fd=second.prog_fd)
+    assert exc_info.value.prog_id == first.prog_id
+    assert iproute_xdp(netns_pair.ns, netns_pair.ns_if) == ("native", first.prog_id)
+    state = nl.detach(netns_pair.ns_if, "native", expected_prog_fd=first.prog_fd)
+    assert state.attached is None
+    assert iproute_xdp(netns_pair.ns, netns_pair.ns_if) == (None, None)
+
+
+def test_detach_is_idempotent(nl: Netlink, netns_pair, pass_progs) -> None:
+    first = pass_progs[0]
+    assert nl.detach(netns_pair.ns_if, "native", expected_prog_fd=first.prog_fd).attached is None
+    # Our program in generic: detaching "native" finds nothing of ours there.
+    nl.attach(netns_pair.ns_if, first.prog_fd, "generic")
+    assert nl.detach(netns_pair.ns_if, "native", expected_prog_fd=first.prog_fd).attached == "generic"
+    assert nl.detach(netns_pair.ns_if, "generic", expected_prog_fd=first.prog_fd).attached is None
+    assert nl.detach(netns_pair.ns_if, "generic", expected_prog_fd=first.prog_fd).attached is None
+
+
+def test_unsupported_modes(nl: Netlink, netns_pair, pass_progs) -> None:
+    prog = pass_progs[0]
+    with pytest.raises(AttachError) as exc_info:
+        nl.attach(netns_pair.ns_if, prog.prog_fd, "offload")  # veth has no offload
+    assert exc_info.value.reason == "DriverModeUnsupported" and exc_info.value.errno == errno.EINVAL
+    with pytest.raises(AttachError) as exc_info:
+        nl.attach("lo", prog.prog_fd, "native")  # loopback has no native XDP
+    err = exc_info.value
+    assert err.reason == "DriverModeUnsupported" and err.errno == errno.EOPNOTSUPP and err.mode == "native"
+    assert err.kernel_message  # the kernel's extended ack, for humans
+    # Generic works everywhere.
+    assert nl.attach("lo", prog.prog_fd, "generic").attached == "generic"
+    nl.detach("lo", "generic", expected_prog_fd=prog.prog_fd)
+
+
+def test_unknown_interface_and_netns(nl: Netlink, netns_pair, pass_progs) -> None:
+    with pytest.raises(InterfaceNotFound) as exc_info:
+        nl.interface("nope0")
+    assert exc_info.value.reason == "InterfaceNotFound"
+    with pytest.raises(InterfaceNotFound):
+        nl.attach("nope0", pass_progs[0].prog_fd, "generic")
+    with pytest.raises(InterfaceNotFound):
+        nl.read_xdp("../x")
+    missing = netns_pair.ns + "-missing"
+    with pytest.raises(NetnsNotFound) as ns_info:
+        Netlink(missing)
+    assert ns_info.value.reason == "InterfaceNotFound"
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count(missing) == 0
+
+
+def test_default_route_interface(nl: Netlink, netns_pair) -> None:
+    assert nl.default_route_interface() == netns_pair.ns_if
+    subprocess.run(["ip", "-n", netns_pair.ns, "route", "del", "default"], check=True)
+    assert nl.default_route_interface() is None
+    with Netlink(netns_pair.src) as src:
+        assert src.default_route_interface() is None
+
+
+def test_attached_program_outlives_loader(nl: Netlink, netns_pair, counter_request: CompileRequest) -> None:
+    own = Compiler()
+    defines = {**counter_request.defines, "DROP_PORT": "1"}
+    loaded = own.load(CompileRequest(counter_request.source, "xdp_count", defines))
+    nl.attach(netns_pair.ns_if, loaded.prog_fd, "native")
+    own.close()  # the loader's fds are gone; the hook holds the program
+    assert loaded.closed
+    state = nl.read_xdp(netns_pair.ns_if)
+    assert state.prog_id == loaded.prog_id
+    with bpfsys.prog_fd_by_id(loaded.prog_id) as fd:
+        assert nl.detach(netns_pair.ns_if, "native", expected_prog_fd=fd.fd).attached is None
+    with pytest.raises(bpfsys.BpfSyscallError):  # the hook was the last holder
+        bpfsys.prog_fd_by_id(loaded.prog_id).close()
+
+
+SEND_UDP = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range({n}):
+    s.sendto(b"kube-xdp", ("{dst}", {port}))
+"""
+
+
+def _counter_value(prog: LoadedProgram) -> int:
+    with bpfsys.BpfMap.open_id(prog.maps["counter"].id) as m:
+        return int.from_bytes(m.lookup(b"\0" * 4), "little")  # type: ignore[arg-type]
+
+
+def _udp_hits(prog: LoadedProgram) -> int:
+    with bpfsys.BpfMap.open_id(prog.maps["udp_hits"].id) as m:
+        return sum(int.from_bytes(v, "little") for v in m.lookup(b"\0" * 4))  # type: ignore[union-attr]
+
+
+def _port_count(prog: LoadedProgram, port: int) -> int:
+    with bpfsys.BpfMap.open_id(prog.maps["by_port"].id) as m:
+        value = m.lookup(port.to_bytes(2, "little"))
+        return 0 if value is None else int.from_bytes(value, "little")  # type: ignore[arg-type]
+
+
+def _wait_for(check: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+@pytest.mark.parametrize("mode", ["native", "generic"])
+def test_real_packets_are_counted(
+    nl: Netlink, netns_pair, counter_prog: LoadedProgram, python_in_netns, mode: str
+) -> None:
+    nl.attach(netns_pair.ns_if, counter_prog.prog_fd, mode)
+    hits_before, all_before = _udp_hits(counter_prog), _counter_value(counter_prog)
+    dropped_before = _port_count(counter_prog, 7777)
+    python_in_netns(netns_pair.src, SEND_UDP.format(n=5, dst=netns_pair.ns_addr, port=9999))
+    python_in_netns(netns_pair.src, SEND_UDP.format(n=3, dst=netns_pair.ns_addr, port=7777))
+    assert _wait_for(lambda: _udp_hits(counter_prog) - hits_before == 5 and
+                     _port_count(counter_prog, 7777) - dropped_before == 3)
+    assert _counter_value(counter_prog) - all_before >= 8  # plus ARP
