@@ -4,11 +4,14 @@
 # cached binary is missing; safe to run by hand. The binary is installed atomically
 # (built elsewhere, then renamed), so an interrupted build never leaves a half binary.
 #
-# Output: $KUBE_XDP_CACHE/bin/kube-apiserver (default ~/.cache/kube-xdp/bin)
+# Output: $KUBE_XDP_CACHE/bin/kube-apiserver-$BUILD_ID (default ~/.cache/kube-xdp/bin).
+# BUILD_ID names the source version and our patches: change it when a patch changes, and
+# every cache rebuilds once.
 set -euo pipefail
 CACHE=${KUBE_XDP_CACHE:-$HOME/.cache/kube-xdp}
 BIN_DIR=$CACHE/bin
-OUT=$BIN_DIR/kube-apiserver
+BUILD_ID=${KUBE_XDP_APISERVER_BUILD_ID:-v1.20.2-kx2}
+OUT=$BIN_DIR/kube-apiserver-$BUILD_ID
 die() { echo "build-kube-apiserver: $*" >&2; exit 1; }
 
 if [ -x "$OUT" ] && "$OUT" --version >/dev/null 2>&1; then
@@ -36,6 +39,16 @@ dpkg-source --no-check -x "$DSC" src >/dev/null || die "dpkg-source -x $DSC fail
 # custom object crashes the server); Debian's 1.0.2 is API-compatible and fixes it.
 rm -rf src/vendor/github.com/modern-go/reflect2
 cp -r "$REFLECT2" src/vendor/github.com/modern-go/reflect2
+
+# The OpenAPI type validator treats a value as JSON null when
+# reflect.DeepEqual(reflect.Zero(T), reflect.ValueOf(v)); under Go >= 1.18 that holds for
+# "" too, so every empty string in a custom resource is refused ('must be of type string:
+# "null"'). Only a real nil is null: restore that.
+for f in src/vendor/github.com/go-openapi/validate/type.go src/vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go; do
+  [ -f "$f" ] || continue
+  sed -i 's/if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/if data == nil {/' "$f"
+  grep -q 'reflect.DeepEqual(reflect.Zero' "$f" && die "patching $f failed: the upstream line changed"
+done
 
 mkdir -p gopath/src/k8s.io
 ln -sfn "$WORK/src" gopath/src/k8s.io/kubernetes

@@ -14,6 +14,8 @@ from pathlib import Path
 from .procs import ProcTable
 
 APISERVER_BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-kube-apiserver.sh"
+# Must equal BUILD_ID in the build script: the source version plus our patches.
+APISERVER_BUILD_ID = "v1.20.2-kx2"
 SERVICE_ACCOUNT_ISSUER = "https://kube-xdp-rig.invalid"
 
 
@@ -48,7 +50,7 @@ def ensure_port_free(port: int, what: str, flag: str, grace: float = 0.0) -> Non
 
 def apiserver_binary(cache_dir: Path) -> Path:
     """The cached kube-apiserver, built from Debian's source package if missing."""
-    binary = cache_dir / "bin" / "kube-apiserver"
+    binary = cache_dir / "bin" / f"kube-apiserver-{APISERVER_BUILD_ID}"
     if not _runs(binary):
         print(f"rig: kube-apiserver not cached at {binary}; building it from Debian's kubernetes source package (about 3-4 minutes)", flush=True)
         proc = subprocess.run(["bash", str(APISERVER_BUILD_SCRIPT)], env=_env(cache_dir))

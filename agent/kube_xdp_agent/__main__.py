@@ -1,0 +1,57 @@
+"""kube-xdp-agent: compile, attach, pin and report the XdpAttachments of one node."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from kube_xdp_api import names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kube-xdp-agent", description=__doc__)
+    parser.add_argument("--node-name", default=os.environ.get("NODE_NAME"),
+                        help="this node's name (default $NODE_NAME, from the downward API)")
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
+                        help="kubeconfig file (default $KUBECONFIG, else the in-cluster ServiceAccount)")
+    parser.add_argument("--bpffs", default=names.DEFAULT_BPFFS, help="bpffs mount for pins (default /sys/fs/bpf)")
+    parser.add_argument("--netns", default=None,
+                        help="do all netlink work in this named network namespace (the local rig's nodes); "
+                             "on a real node leave unset: the agent runs with hostNetwork")
+    parser.add_argument("--resync", type=float, default=5.0, help="seconds between drift checks (default 5)")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format=f"%(asctime)s %(levelname)s agent[{args.node_name}]: %(message)s")
+    if not args.node_name:
+        parser.error("--node-name (or $NODE_NAME) is required")
+
+    import kubernetes
+
+    from .controller import Agent, AgentConfig
+    from .kernel import HostKernel
+
+    if args.kubeconfig:
+        client = kubernetes.config.new_client_from_config(config_file=args.kubeconfig)
+    else:
+        config = kubernetes.client.Configuration()
+        kubernetes.config.load_incluster_config(client_configuration=config)
+        client = kubernetes.client.ApiClient(config)
+    agent = Agent(AgentConfig(node_name=args.node_name, bpffs=args.bpffs, netns=args.netns, resync=args.resync),
+                  client, HostKernel())
+
+    def stop(*_):
+        agent.stop.set()
+        agent.queue.put(None)   # type: ignore[arg-type]
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""The agent's control loop: watch this node's XdpAttachments, reconcile each one.
+
+- One list+watch with a server-side label selector (kubexdp.io/node=<node>): the agent
+  never sees, let alone filters, other nodes' attachments.
+- One worker thread runs every reconcile, so changes to the node's kernel are serial.
+- Every `resync` seconds each attachment is reconciled again: drift (a program detached
+  or replaced behind our back, a pin removed, an interface that appeared) is repaired.
+- Finalizer kubexdp.io/agent is added before the first side effect and removed only after
+  the program is detached from every interface of this node and unpinned.
+- A restart rebuilds everything from the API (desired) and from netlink + pins
+  (observed): what is already right is adopted, never detached and re-attached.
+
+API traffic: a reconcile that changes nothing reads nothing and writes nothing (sources
+are cached by digest; status is patched only when it changed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from kube_xdp_api import names, reasons
+from kube_xdp_api.fetch import read_source
+from kube_xdp_api.spec import SpecError, source_digest, validate_program_name
+
+from .desired import Desired, resolve_interfaces
+from .execute import Executor, IfaceResult
+from .kernel.compile import CompileRequest
+from .kernel.errors import KernelError
+from .observe import observe
+from .plan import plan_attach, plan_cleanup, plan_gc
+from .report import attachment_status
+
+log = logging.getLogger("kube_xdp_agent")
+
+TRANSIENT_RETRY = 2.0
+WATCH_TIMEOUT = 240
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclasses.dataclass
+class AgentConfig:
+    node_name: str
+    bpffs: str = names.DEFAULT_BPFFS
+    netns: str | None = None           # rig only: do netlink work inside this namespace
+    resync: float = 5.0
+
+
+class Transient(Exception):
+    """Retry soon; report Reconciling with this reason meanwhile."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, client: kubernetes.client.ApiClient, kernel):
+        self.config = config
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.kernel = kernel
+        self.pins = kernel.pin_store(config.bpffs)
+        self.netlink = kernel.netlink(config.netns)
+        self.selector = f"{names.LABEL_NODE}={names.node_label_value(config.node_name)}"
+        self.cache: dict[str, dict] = {}
+        self.sources: dict[str, str] = {}          # source digest -> text
+        self.queue: queue.Queue[str] = queue.Queue()
+        self.stop = threading.Event()
+        self.synced = threading.Event()
+        self.last_watch_ok = time.monotonic()
+        self._lock = threading.Lock()
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self) -> None:
+        watcher = threading.Thread(target=self._watch_loop, name="watch", daemon=True)
+        watcher.start()
+        self.synced.wait()
+        next_resync = time.monotonic() + self.config.resync
+        while not self.stop.is_set():
+            timeout = max(0.0, next_resync - time.monotonic())
+            try:
+                name = self.queue.get(timeout=timeout)
+            except queue.Empty:
+                with self._lock:
+                    for n in list(self.cache):
+                        self.queue.put(n)
+                next_resync = time.monotonic() + self.config.resync
+                continue
+            if name is None:
+                break
+            self.reconcile_safely(name)
+
+    def reconcile_safely(self, name: str) -> None:
+        try:
+            self.reconcile(name)
+        except Exception:   # one attachment's trouble never stops the agent
+            log.exception("reconcile of %s failed; retrying in %.0fs", name, TRANSIENT_RETRY)
+            self._later(name, TRANSIENT_RETRY)
+
+    def _later(self, name: str, delay: float) -> None:
+        t = threading.Timer(delay, self.queue.put, args=(name,))
+        t.daemon = True
+        t.start()
+
+    def _watch_loop(self) -> None:
+        backoff = 1.0
+        while not self.stop.is_set():
+            try:
+                listing = self.custom.list_cluster_custom_object(
+                    names.GROUP, names.VERSION, names.ATTACHMENTS, label_selector=self.selector)
+                with self._lock:
+                    seen = {o["metadata"]["name"]: o for o in listing.get("items", [])}
+                    self.cache = seen
+                for n in seen:
+                    self.queue.put(n)
+                self.synced.set()
+                self.last_watch_ok = time.monotonic()
+                rv = listing["metadata"]["resourceVersion"]
+                backoff = 1.0
+                w = kubernetes.watch.Watch()
+                for event in w.stream(self.custom.list_cluster_custom_object, names.GROUP, names.VERSION,
+                                      names.ATTACHMENTS, label_selector=self.selector, resource_version=rv,
+                                      timeout_seconds=WATCH_TIMEOUT, allow_watch_bookmarks=True):
+                    self.last_watch_ok = time.monotonic()
+                    if self.stop.is_set():
+                        w.stop()
+                        return
+                    kind, obj = event["type"], event["object"]
+                    if kind == "ERROR":
+                        break            # 410 Gone and friends: list again
+                    if kind == "BOOKMARK":
+                        continue
+                    name = obj["metadata"]["name"]
+                    with self._lock:
+                        if kind == "DELETED":
+                            self.cache.pop(name, None)
+                        else:
+                            self.cache[name] = obj
+                    self.queue.put(name)
+            except Exception as e:  # API server away: keep the datapath, retry with backoff
+                log.warning("watch of attachments failed (%s); retrying in %.0fs", e, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    # -- one attachment --------------------------------------------------------------
+    def reconcile(self, name: str) -> None:
+        with self._lock:
+            att = self.cache.get(name)
+        if att is None:
+            return
+        generation = int(att["metadata"].get("generation") or 0)
+        try:
+            desired = Desired.from_attachment(att)
+        except SpecError as e:
+            if att["metadata"].get("deletionTimestamp"):
+                self._cleanup_unparseable(att)
+            else:
+                self._write_status(att, attachment_status(old=att.get("status"), generation=generation, now=_now(),
+                                                          failure=(e.reason, e.message)))
+            return
+        if desired.deleting:
+            self._cleanup(att, desired.program)
+            return
+        att = self._ensure_finalizer(att)
+        if att is None:
+            return
+        try:
+            status = self._apply(att, desired)
+        except Transient as e:
+            status = attachment_status(old=att.get("status"), generation=generation, now=_now(),
+                                       failure=(e.reason, str(e)))
+            self._later(name, TRANSIENT_RETRY)
+        self._write_status(att, status)
+
+    def _apply(self, att: dict, d: Desired) -> dict:
+        generation, program = d.generation, d.program
+        old = att.get("status")
+        try:
+            text = self._source(d)
+        except SpecError as e:
+            return attachment_status(old=old, generation=generation, now=_now(), failure=(e.reason, e.message))
+        req = CompileRequest(source=text, entrypoint=d.spec.fields.entrypoint, defines=dict(d.spec.fields.defines))
+        key = self.kernel.compiler.key(req)
+        digest = key[:12]
+        observed = observe(self.netlink, self.pins)
+        compile_info = (old or {}).get("compile") if (old or {}).get("compile", {}).get("digest") == key else None
+        if digest not in observed.pins.get(program, {}):
+            try:
+                loaded = self.kernel.compiler.load(req)
+            except KernelError as e:
+                output = getattr(e, "output", "") or ""
+                message = f"{e}\n{output}".strip() if output and output not in str(e) else str(e)
+                return attachment_status(old=old, generation=generation, now=_now(), failure=(e.reason, message))
+            try:
+                self.pins.pin_program(program, digest, loaded)
+            except KernelError as e:
+                return attachment_status(old=old, generation=generation, now=_now(), failure=(reasons.PIN_FAILED, str(e)))
+            finally:
+                # The pin keeps the program; bcc's in-memory module would only hold fds and memory.
+                self.kernel.compiler.release(key)
+            compile_info = {"durationMs": int(round(loaded.duration_ms)), "cacheHit": bool(loaded.cache_hit), "digest": key}
+            log.info("%s: compiled %s in %.0f ms (cache hit: %s)", att["metadata"]["name"], digest,
+                     loaded.duration_ms, loaded.cache_hit)
+            observed = observe(self.netlink, self.pins)
+        elif compile_info is None:
+            compile_info = {"durationMs": 0, "cacheHit": True, "digest": key}   # adopted from the pin
+        pinned = {p.digest12: p for p in self.pins.open_pinned(program)}[digest]
+
+        targets, missing_reason, missing_message = resolve_interfaces(
+            d.spec.fields.interfaces, sorted(observed.hooks), observed.primary)
+        actions = plan_attach(program=program, want=digest, targets=targets, modes=d.modes, observed=observed)
+        executor = Executor(self.netlink, self.pins, program=program, want=digest, want_id=pinned.prog_id)
+        outcome = executor.run(actions)
+        executor.run(plan_gc(program=program, keep=digest, observed=observe(self.netlink, self.pins)))
+        results = list(outcome.interfaces)
+        if missing_reason and d.spec.fields.interfaces.names:
+            present = set(observed.hooks)
+            results += [IfaceResult(n, False, reason=missing_reason, message=f"interface {n} not found on this node")
+                        for n in d.spec.fields.interfaces.names if n not in present]
+        failure = (missing_reason, missing_message) if missing_reason and not results else None
+        for r in results:
+            if r.changed:
+                log.info("%s: %s -> program %s in %s mode", att["metadata"]["name"], r.interface, r.prog_id, r.mode)
+        return attachment_status(old=old, generation=generation, now=_now(), interfaces=results, failure=failure,
+                                 compile_info=compile_info, pin_path=pinned.prog_path, tag=pinned.tag)
+
+    def _source(self, d: Desired) -> str:
+        cached = self.sources.get(d.spec.source_digest)
+        if cached is not None:
+            return cached
+        try:
+            program = self.custom.get_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, d.program)
+        except ApiException as e:
+            if e.status == 404:
+                raise Transient(reasons.SOURCE_NOT_FOUND, f"XdpProgram {d.program} not found (being deleted?)") from e
+            raise
+        if program["metadata"].get("uid") != d.spec.program_uid:
+            raise Transient(reasons.SOURCE_DIGEST_MISMATCH, f"XdpProgram {d.program} was replaced; waiting for the operator")
+        text = read_source(self.core, program["spec"]["source"])
+        if source_digest(text) != d.spec.source_digest:
+            raise Transient(reasons.SOURCE_DIGEST_MISMATCH,
+                            "the program's source changed after this attachment was written; waiting for the operator")
+        self.sources[d.spec.source_digest] = text
+        return text
+
+    # -- deletion --------------------------------------------------------------------
+    def _cleanup(self, att: dict, program: str) -> None:
+        if names.FINALIZER_AGENT not in (att["metadata"].get("finalizers") or []):
+            return
+        outcome = Executor(self.netlink, self.pins, program=program).run(
+            plan_cleanup(program=program, observed=observe(self.netlink, self.pins)))
+        left = observe(self.netlink, self.pins)
+        still = [h.interface for h in left.hooks.values() if (left.owner(h.prog_id) or ("",))[0] == program]
+        if still or program in left.pins or outcome.errors:
+            message = f"still attached on {', '.join(still)}" if still else "; ".join(m for _, m in outcome.errors)
+            log.warning("%s: cleanup incomplete (%s); retrying", att["metadata"]["name"], message or "pins remain")
+            self._later(att["metadata"]["name"], TRANSIENT_RETRY)
+            return
+        log.info("%s: detached from %s, unpinned; releasing finalizer", att["metadata"]["name"],
+                 ", ".join(outcome.detached) or "no interface")
+        self._set_finalizer(att, present=False)
+
+    def _cleanup_unparseable(self, att: dict) -> None:
+        program = (att.get("metadata", {}).get("labels") or {}).get(names.LABEL_PROGRAM)
+        try:
+            self._cleanup(att, validate_program_name(program))
+        except SpecError:
+            self._set_finalizer(att, present=False)   # nothing of ours can carry an invalid name
+
+    # -- API writes ------------------------------------------------------------------
+    def _ensure_finalizer(self, att: dict) -> dict | None:
+        if names.FINALIZER_AGENT in (att["metadata"].get("finalizers") or []):
+            return att
+        return self._set_finalizer(att, present=True)
+
+    def _set_finalizer(self, att: dict, *, present: bool) -> dict | None:
+        meta = att["metadata"]
+        finalizers = [f for f in meta.get("finalizers") or [] if f != names.FINALIZER_AGENT]
+        if present:
+            finalizers.append(names.FINALIZER_AGENT)
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
+        try:
+            new = self.custom.patch_cluster_custom_object(names.GROUP, names.VERSION, names.ATTACHMENTS, meta["name"], patch)
+        except ApiException as e:
+            if e.status in (404, 409):   # gone, or changed meanwhile: the watch brings the new one
+                return None
+            raise
+        with self._lock:
+            if meta["name"] in self.cache:
+                self.cache[meta["name"]] = new
+        return new
+
+    def _write_status(self, att: dict, status: Mapping[str, Any]) -> None:
+        if _same(att.get("status") or {}, status):
+            return
+        try:
+            new = self.custom.patch_cluster_custom_object_status(
+                names.GROUP, names.VERSION, names.ATTACHMENTS, att["metadata"]["name"], {"status": dict(status)})
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        with self._lock:
+            if att["metadata"]["name"] in self.cache:
+                self.cache[att["metadata"]["name"]] = new
+
+
+def _same(old: Mapping, new: Mapping) -> bool:
+    return all(old.get(k) == v for k, v in new.items())

@@ -1,0 +1,131 @@
+"""Run planned actions against the kernel layer: the one place the agent changes the
+node. Each action yields a result; a failing action never stops the others (one bad
+interface must not leave the rest half-configured), and nothing is reported that was not
+read back from netlink."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from kube_xdp_api import reasons
+
+from .kernel.errors import AttachError, HookBusy, InterfaceNotFound, KernelError
+from .plan import Action, Attach, Conflict, Detach, Keep, Reattach, Replace, Unpin
+
+log = logging.getLogger("kube_xdp_agent.execute")
+
+
+@dataclasses.dataclass
+class IfaceResult:
+    interface: str
+    ok: bool
+    mode: str | None = None
+    prog_id: int | None = None
+    reason: str | None = None           # failure, or why the preferred mode was not used
+    message: str = ""
+    changed: bool = False               # the hook was written
+
+
+@dataclasses.dataclass
+class Outcome:
+    interfaces: list[IfaceResult]
+    detached: list[str]
+    unpinned: list[str]
+    errors: list[tuple[str, str]]        # (reason, message) of failures outside interfaces
+
+
+class Executor:
+    def __init__(self, netlink, pins, *, program: str, want: str | None = None, want_id: int | None = None):
+        self.netlink = netlink
+        self.pins = pins
+        self.program = program
+        self.want = want            # digest12 of the program to put on hooks
+        self.want_id = want_id      # its prog id (from its pin)
+
+    def run(self, actions: list[Action]) -> Outcome:
+        out = Outcome([], [], [], [])
+        failed_detach: set[str] = set()
+        for action in actions:
+            try:
+                if isinstance(action, Keep):
+                    out.interfaces.append(IfaceResult(action.interface, True, action.mode, action.prog_id))
+                elif isinstance(action, Attach):
+                    out.interfaces.append(self._attach(action.interface, action.modes))
+                elif isinstance(action, Replace):
+                    out.interfaces.append(self._replace(action))
+                elif isinstance(action, Reattach):
+                    self._detach(action.interface, action.old_digest, action.old_mode)
+                    out.interfaces.append(self._attach(action.interface, action.modes))
+                elif isinstance(action, Detach):
+                    self._detach(action.interface, action.digest, action.mode)
+                    out.detached.append(action.interface)
+                elif isinstance(action, Conflict):
+                    who = f"XdpProgram {action.owner}" if action.owner else "a program not managed by kube-xdp"
+                    out.interfaces.append(IfaceResult(
+                        action.interface, False, reason=reasons.CONFLICT,
+                        message=f"{action.interface} already runs XDP program id {action.prog_id}"
+                                f" ({action.mode or 'unknown'} mode) of {who}; left untouched"))
+                elif isinstance(action, Unpin):
+                    if action.digest is None and failed_detach:
+                        continue          # keep pins while a hook may still hold the program
+                    if self.pins.unpin(action.program, action.digest):
+                        out.unpinned.append(f"{action.program}/{action.digest or '*'}")
+            except KernelError as e:
+                name = getattr(action, "interface", None)
+                log.warning("%s on %s failed: %s", type(action).__name__, name or action, e)
+                if isinstance(action, Detach):
+                    failed_detach.add(action.interface)
+                if name is not None and not isinstance(action, Detach):
+                    out.interfaces.append(IfaceResult(name, False, reason=e.reason, message=str(e)))
+                else:
+                    out.errors.append((e.reason, str(e)))
+        return out
+
+    # -- steps -----------------------------------------------------------------------
+    def _attach(self, iface: str, modes: tuple[str, ...]) -> IfaceResult:
+        assert self.want is not None
+        refused: list[str] = []
+        first_reason = None
+        with self.pins.open_prog_fd(self.program, self.want) as fd:
+            for mode in modes:
+                try:
+                    state = self.netlink.attach(iface, fd.fd, mode)
+                except AttachError as e:
+                    first_reason = first_reason or e.reason
+                    refused.append(f"{mode}: {e.kernel_message or e}")
+                    continue
+                except HookBusy as e:
+                    return IfaceResult(iface, False, reason=reasons.CONFLICT, message=str(e))
+                return self._verified(iface, state, mode, changed=True,
+                                      fallback=(first_reason, "; ".join(refused)) if refused else None)
+        return IfaceResult(iface, False, reason=first_reason or reasons.ATTACH_FAILED,
+                           message=f"no allowed mode attached on {iface}: " + "; ".join(refused))
+
+    def _replace(self, action: Replace) -> IfaceResult:
+        assert self.want is not None
+        with self.pins.open_prog_fd(self.program, self.want) as new, \
+                self.pins.open_prog_fd(self.program, action.old_digest) as old:
+            state = self.netlink.attach(action.interface, new.fd, action.mode, expected_prog_fd=old.fd)
+        return self._verified(action.interface, state, action.mode, changed=True)
+
+    def _detach(self, iface: str, digest: str, mode: str) -> None:
+        with self.pins.open_prog_fd(self.program, digest) as fd:
+            self.netlink.detach(iface, mode, expected_prog_fd=fd.fd)
+
+    def _verified(self, iface, state, mode, *, changed, fallback=None) -> IfaceResult:
+        """The result as read back from netlink: the wanted program in `mode`, or a failure."""
+        want_id = self.want_id
+        got = state.prog_id_for(mode)
+        if got != want_id:
+            return IfaceResult(iface, False, reason=reasons.ATTACH_FAILED,
+                               message=f"after attaching in {mode} mode netlink reports program {got} "
+                                       f"({state.attached or 'none'}), expected {want_id}")
+        res = IfaceResult(iface, True, mode, got, changed=changed)
+        if fallback:
+            res.reason, res.message = fallback[0], f"attached in {mode} mode; refused: {fallback[1]}"
+        return res
+
+
+def interface_missing(exc: Exception) -> bool:
+    return isinstance(exc, InterfaceNotFound)

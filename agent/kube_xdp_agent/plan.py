@@ -1,0 +1,146 @@
+"""desired + observed -> actions (pure: no kernel, no API, no clock).
+
+Observed is what the kernel shows: each interface's XDP hook (prog id and the mode read
+back from netlink) and kube-xdp's pins (program -> digest -> prog id). A program on a
+hook is *ours* only if its id is one of our pinned programs: the agent never detaches or
+replaces anything else.
+
+Per target interface (the program's wanted digest is `want`):
+- our wanted program, in an allowed mode        -> Keep (adopted after a restart too);
+- our wanted program, in a mode no longer allowed-> Reattach (detach, attach: a gap);
+- an older digest of the same program            -> Replace, atomically (REPLACE with the
+  expected fd, same mode: no moment without a program); if that mode is no longer
+  allowed, Reattach;
+- empty                                          -> Attach, trying the modes in order;
+- any other program (another XdpProgram's, or a foreign one) -> Conflict, untouched.
+Interfaces carrying this program but no longer targeted -> Detach.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    interface: str
+    prog_id: int | None
+    mode: str | None          # 'native' | 'generic' | 'offload' | None, read back
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    hooks: Mapping[str, Hook]                       # every interface of the node
+    primary: str | None                             # default-route interface
+    pins: Mapping[str, Mapping[str, int]]           # program -> digest12 -> prog id
+
+    def owner(self, prog_id: int | None) -> tuple[str, str] | None:
+        """(program, digest12) of one of our pinned programs, else None."""
+        if prog_id:
+            for program, digests in self.pins.items():
+                for digest, pid in digests.items():
+                    if pid == prog_id:
+                        return program, digest
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Keep:
+    interface: str
+    prog_id: int
+    mode: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Attach:
+    interface: str
+    modes: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Replace:
+    interface: str
+    old_digest: str
+    mode: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Reattach:
+    interface: str
+    old_digest: str
+    old_mode: str
+    modes: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Detach:
+    interface: str
+    digest: str
+    mode: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Conflict:
+    interface: str
+    prog_id: int
+    mode: str | None
+    owner: str | None          # another XdpProgram's name, or None for a foreign program
+
+
+@dataclasses.dataclass(frozen=True)
+class Unpin:
+    program: str
+    digest: str | None         # None: the whole program directory
+
+
+Action = Keep | Attach | Replace | Reattach | Detach | Conflict | Unpin
+
+
+def plan_attach(*, program: str, want: str, targets: list[str], modes: tuple[str, ...],
+                observed: Observed) -> list[Action]:
+    """Actions that put digest `want` of `program` on exactly `targets`."""
+    want_id = observed.pins.get(program, {}).get(want)
+    actions: list[Action] = []
+    for name in targets:
+        hook = observed.hooks.get(name) or Hook(name, None, None)
+        owner = observed.owner(hook.prog_id)
+        if hook.prog_id is None:
+            actions.append(Attach(name, modes))
+        elif owner == (program, want) and hook.prog_id == want_id:
+            if hook.mode in modes:
+                actions.append(Keep(name, hook.prog_id, hook.mode))
+            else:
+                actions.append(Reattach(name, want, hook.mode, modes))
+        elif owner is not None and owner[0] == program:
+            if hook.mode in modes:
+                actions.append(Replace(name, owner[1], hook.mode))
+            else:
+                actions.append(Reattach(name, owner[1], hook.mode, modes))
+        else:
+            actions.append(Conflict(name, hook.prog_id, hook.mode, owner[0] if owner else None))
+    for name, hook in sorted(observed.hooks.items()):
+        owner = observed.owner(hook.prog_id)
+        if name not in targets and owner is not None and owner[0] == program:
+            actions.append(Detach(name, owner[1], hook.mode))
+    return actions
+
+
+def plan_cleanup(*, program: str, observed: Observed) -> list[Action]:
+    """Actions that remove every trace of `program` from the node: detach it wherever it
+    is attached (only where the hook holds one of its pinned programs), then unpin."""
+    actions: list[Action] = []
+    for name, hook in sorted(observed.hooks.items()):
+        owner = observed.owner(hook.prog_id)
+        if owner is not None and owner[0] == program:
+            actions.append(Detach(name, owner[1], hook.mode))
+    if program in observed.pins:
+        actions.append(Unpin(program, None))
+    return actions
+
+
+def plan_gc(*, program: str, keep: str | None, observed: Observed) -> list[Action]:
+    """Unpin the program's digests that are neither `keep` nor attached anywhere."""
+    attached = {observed.owner(h.prog_id) for h in observed.hooks.values()}
+    return [Unpin(program, digest) for digest in sorted(observed.pins.get(program, {}))
+            if digest != keep and (program, digest) not in attached]

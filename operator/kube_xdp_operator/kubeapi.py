@@ -1,0 +1,78 @@
+"""The operator's writes to the API server: the one place its side effects live.
+
+Every call is idempotent: creating what exists, deleting what is gone, and removing a
+finalizer that is not there all succeed, so a reconcile can be repeated after a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from kube_xdp_api import names
+from kube_xdp_api.fetch import read_source
+
+
+class ClusterApi:
+    def __init__(self, client: kubernetes.client.ApiClient):
+        self.client = client
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.core = kubernetes.client.CoreV1Api(client)
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None) -> "ClusterApi":
+        if kubeconfig:
+            return cls(kubernetes.config.new_client_from_config(config_file=kubeconfig))
+        config = kubernetes.client.Configuration()
+        kubernetes.config.load_incluster_config(client_configuration=config)
+        return cls(kubernetes.client.ApiClient(config))
+
+    def read_source(self, source: Mapping[str, Any]) -> str:
+        return read_source(self.core, source)
+
+    def create_attachment(self, body: Mapping[str, Any]) -> None:
+        try:
+            self.custom.create_cluster_custom_object(names.GROUP, names.VERSION, names.ATTACHMENTS, dict(body))
+        except ApiException as e:
+            if e.status != 409:       # already there: the next reconcile compares specs
+                raise
+
+    def patch_attachment(self, name: str, patch: Mapping[str, Any]) -> None:
+        try:
+            self.custom.patch_cluster_custom_object(names.GROUP, names.VERSION, names.ATTACHMENTS, name, dict(patch))
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def delete_attachment(self, name: str) -> None:
+        try:
+            self.custom.delete_cluster_custom_object(names.GROUP, names.VERSION, names.ATTACHMENTS, name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def release_attachment(self, attachment: Mapping[str, Any]) -> None:
+        """Drop the agent's finalizer from an attachment whose node no longer exists:
+        there is no agent left to detach anything, and nothing to detach from."""
+        meta = attachment.get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or [])
+        if names.FINALIZER_AGENT not in finalizers:
+            return
+        finalizers.remove(names.FINALIZER_AGENT)
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}}
+        try:
+            self.custom.patch_cluster_custom_object(names.GROUP, names.VERSION, names.ATTACHMENTS, meta["name"], patch)
+        except ApiException as e:
+            if e.status not in (404, 409):   # 409: changed meanwhile; the next reconcile retries
+                raise
+
+    def patch_program_status(self, name: str, status: Mapping[str, Any]) -> None:
+        try:
+            self.custom.patch_cluster_custom_object_status(names.GROUP, names.VERSION, names.PROGRAMS, name,
+                                                           {"status": dict(status)})
+        except ApiException as e:
+            if e.status != 404:
+                raise
