@@ -54,6 +54,11 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+# Popen objects of the daemons this process started, per state directory: shared by every
+# ProcTable of that directory so exit codes can be collected whichever object stops them.
+_CHILDREN: dict[str, dict[str, subprocess.Popen]] = {}
+
+
 class ProcTable:
     """Pid files under <state>/procs; logs under <state>/logs."""
 
@@ -62,7 +67,7 @@ class ProcTable:
         self.marker = str(state_dir)
         self.pid_dir = state_dir / "procs"
         self.log_dir = state_dir / "logs"
-        self._children: dict[str, subprocess.Popen] = {}
+        self._children = _CHILDREN.setdefault(self.marker, {})
 
     def start(self, name: str, argv: list[str], *, env: dict | None = None, netns: str | None = None) -> int:
         """Start `argv` detached (own session) with output to logs/<name>.log.
@@ -155,7 +160,8 @@ class ProcTable:
                     children[pid].wait(timeout=1)   # it is a zombie by now: collect it
                 except subprocess.TimeoutExpired:
                     pass
-        self._children = {n: p for n, p in self._children.items() if p.pid not in pids}
+        for n in [n for n, p in self._children.items() if p.pid in pids]:
+            del self._children[n]
 
 
 def _wait_gone(pids: list[int], children: dict, timeout: float) -> bool:

@@ -49,3 +49,34 @@ def admin(rig):
     client = api_client(rig)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def kubexdp(rig):
+    """kube-xdp installed on the rig: CRDs, RBAC, operator, one agent per node (all as
+    real processes, the operator and agents with their ServiceAccount identities)."""
+    from kube_xdp_rig import workloads
+
+    from .kubexdp import Cluster
+
+    workloads.start_all(rig, resync=1.0)
+    client = api_client(rig)
+    yield Cluster(client)
+    client.close()
+
+
+@pytest.fixture()
+def programs(kubexdp):
+    """Create programs through this fixture; they are deleted (and their removal from
+    every node awaited) after the test, pass or fail."""
+    created: list[str] = []
+
+    def create(body: dict) -> dict:
+        created.append(body["metadata"]["name"])
+        return kubexdp.create(body)
+
+    yield create
+    for name in created:
+        kubexdp.delete(name)
+    for name in created:
+        kubexdp.wait_gone(name)
