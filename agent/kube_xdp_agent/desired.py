@@ -66,4 +66,4 @@ def resolve_interfaces(selector: Interfaces, available: list[str], primary: str 
         return found, None, ""
     if primary and primary != "lo":
         return [primary], None, ""
-    return [], reasons.INTERFACE_NOT_FOUND, "no default route on this node: no primary interface"
+    return [], reasons.NO_INTERFACES_MATCHED, "no default route on this node: no primary interface"

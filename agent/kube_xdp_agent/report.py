@@ -45,7 +45,12 @@ def attachment_status(*, old: Mapping[str, Any] | None, generation: int, now: st
     bad = [r for r in interfaces or [] if not r.ok]
     if failure is None and bad:
         common = {r.reason for r in bad}
-        reason = common.pop() if len(common) == 1 else reasons.ATTACH_FAILED
+        if len(common) == 1:
+            reason = common.pop()
+        elif all(reasons.is_stalling(r.reason) for r in bad):
+            reason = bad[0].reason      # every one needs a human: stay Stalled, name the first
+        else:
+            reason = reasons.ATTACH_FAILED
         failure = (reason, "; ".join(f"{r.interface}: {r.message}" for r in bad))
     if failure is None and not interfaces:
         failure = (reasons.NO_INTERFACES_MATCHED, "no interface selected on this node")
