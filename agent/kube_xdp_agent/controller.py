@@ -203,7 +203,8 @@ class Agent:
             except KernelError as e:
                 output = getattr(e, "output", "") or ""
                 message = f"{e}\n{output}".strip() if output and output not in str(e) else str(e)
-                return attachment_status(old=old, generation=generation, now=_now(), failure=(e.reason, message))
+                return attachment_status(old=old, generation=generation, now=_now(), failure=(e.reason, message),
+                                         interfaces=self._still_attached(program, observed, e.reason))
             try:
                 self.pins.pin_program(program, digest, loaded)
             except KernelError as e:
@@ -236,6 +237,18 @@ class Agent:
                 log.info("%s: %s -> program %s in %s mode", att["metadata"]["name"], r.interface, r.prog_id, r.mode)
         return attachment_status(old=old, generation=generation, now=_now(), interfaces=results, failure=failure,
                                  compile_info=compile_info, pin_path=pinned.prog_path, tag=pinned.tag)
+
+    @staticmethod
+    def _still_attached(program: str, observed, reason: str) -> list[IfaceResult]:
+        """Interfaces still running an earlier version of `program` (a new spec that fails
+        to build never disturbs the running one): reported, not ready, with the cause."""
+        out = []
+        for hook in observed.hooks.values():
+            owner = observed.owner(hook.prog_id)
+            if owner and owner[0] == program:
+                out.append(IfaceResult(hook.interface, False, hook.mode, hook.prog_id, reason=reason,
+                                       message=f"the previous version (pin {owner[1]}) stays attached until the new one builds"))
+        return out
 
     def _source(self, d: Desired) -> str:
         cached = self.sources.get(d.spec.source_digest)

@@ -37,6 +37,8 @@ def attachment_status(*, old: Mapping[str, Any] | None, generation: int, now: st
                 entry["tag"] = tag
             if pin_path:
                 entry["pinPath"] = pin_path
+        elif r.mode and r.prog_id:      # not what is wanted, but what the kernel holds there
+            entry.update(mode=r.mode, progId=r.prog_id)
         if r.reason:
             entry["reason"] = r.reason
             entry["message"] = cond.trim_message(r.message)

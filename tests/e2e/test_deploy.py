@@ -153,3 +153,17 @@ def test_missing_interface_is_reported_and_ready_once_it_appears(rig, kubexdp, p
         kubexdp.delete("e2e-late")
         kubexdp.wait_gone("e2e-late")
         subprocess.run(["ip", "-n", node.netns, "link", "del", "eth7"], check=False)
+
+
+def test_broken_update_keeps_the_running_program_and_says_so(rig, kubexdp, programs):
+    programs(program("e2e-keep", COUNT_ALL, "xdp_count", interfaces={"names": ["eth1"]}))
+    kubexdp.wait_ready("e2e-keep")
+    running = {n.name: kernel_xdp(n.netns, "eth1") for n in rig.nodes}
+    kubexdp.patch_spec("e2e-keep", {"source": {"inline": COUNT_ALL.replace("return XDP_PASS;", "return XDP_PASS")}})
+    wait(lambda: kubexdp.is_current("e2e-keep", "Stalled", "True")
+         and kubexdp.get("e2e-keep")["status"]["failedNodes"] == 3, 90, "e2e-keep Stalled on 3 nodes")
+    for node in rig.nodes:
+        assert kernel_xdp(node.netns, "eth1") == running[node.name]      # still the old program
+        entry = kubexdp.attachments("e2e-keep")[node.name]["status"]["interfaces"][0]
+        assert (entry["name"], entry["ready"], entry["progId"]) == ("eth1", False, running[node.name][1])
+        assert "stays attached" in entry["message"]
