@@ -1,0 +1,412 @@
+"""The Helm chart (charts/kube-xdp) through the real Helm engine, offline.
+
+helm-python-sdk binds Helm v4's own Go SDK (lint, schema validation, rendering), so what
+passes here passes `helm lint --strict` / `helm template`. No cluster: the install and
+upgrade against the rig's API server are in tests/e2e/test_chart.py.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk (PyPI) is the Helm engine; pip install -e '.[test]'")
+
+from kube_xdp_api import names, rbac, schema  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "kube-xdp"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+RELEASE, NAMESPACE = "kube-xdp", "kube-xdp"
+KUBE_VERSION = "v1.20.0"     # the oldest the chart supports (Chart.yaml kubeVersion), and the rig's
+
+
+def render(values: dict | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE) -> list[dict]:
+    out = helm_python.Chart.load(CHART).render(values or {}, name=release, namespace=namespace)
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith(".txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def notes(values: dict | None = None) -> str:
+    out = helm_python.Chart.load(CHART).render(values or {}, name=RELEASE, namespace=NAMESPACE)
+    return next(text for path, text in out.items() if path.endswith("NOTES.txt"))
+
+
+def one(docs: list[dict], kind: str, name_suffix: str = "") -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, f"expected one {kind} *{name_suffix}, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def ci_values(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+# --- lint, scenarios, schema ---------------------------------------------------------------
+def lint_problems(chart: Path, values: dict | None = None) -> list[str]:
+    report = helm_python.lint(chart, values, strict=True, kube_version=KUBE_VERSION)
+    # severity: 1 info (only "icon is recommended"), 2 warning, 3 error
+    return report["errors"] + [f"{m['path']}: {m['error']}" for m in report["messages"] if m["severity"] >= 2]
+
+
+def test_ci_scenarios_exist() -> None:
+    assert {p.name for p in CI_VALUES} >= {
+        "default-values.yaml", "capabilities-values.yaml", "privileged-values.yaml",
+        "priorityclass-tolerations-values.yaml", "custom-image-values.yaml"}
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
+def test_strict_lint_is_clean(values_file: Path) -> None:
+    assert lint_problems(CHART, ci_values(values_file)) == []
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
+def test_every_ci_scenario_renders_and_validates(values_file: Path) -> None:
+    values = ci_values(values_file)
+    helm_python.Chart.load(CHART).validate_schema(values)
+    kinds = sorted(d["kind"] for d in render(values))
+    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
+                     "DaemonSet", "Deployment", "ServiceAccount", "ServiceAccount"]
+
+
+def test_lint_catches_a_broken_chart(tmp_path: Path) -> None:
+    """The lint test can fail: a template with a YAML error is reported."""
+    broken = tmp_path / "kube-xdp"
+    shutil.copytree(CHART, broken)
+    path = broken / "templates" / "serviceaccounts.yaml"
+    path.write_text(path.read_text().replace("kind: ServiceAccount", "kind: ServiceAccount\n  oops: [", 1))
+    assert lint_problems(broken) != []
+
+
+BAD_VALUES = {
+    "unknown-top-level-key": {"replicas": 2},
+    "unknown-nested-key": {"agent": {"bpffs": {"propagation": "Bidirectional"}}},
+    "typo-in-operator": {"operator": {"livenes": {"port": 8080}}},
+    "capability-with-cap-prefix": {"agent": {"capabilities": ["CAP_BPF"]}},
+    "capability-lowercase": {"agent": {"capabilities": ["bpf"]}},
+    "no-capabilities": {"agent": {"capabilities": []}},
+    "privileged-not-bool": {"agent": {"privileged": "yes"}},
+    "bad-pull-policy": {"image": {"pullPolicy": "Sometimes"}},
+    "bad-digest": {"image": {"digest": "sha256:xyz"}},
+    "empty-repository": {"image": {"repository": ""}},
+    "port-out-of-range": {"operator": {"liveness": {"port": 70000}}},
+    "resync-zero": {"agent": {"resync": 0}},
+    "max-unavailable-zero": {"agent": {"maxUnavailable": 0}},
+    "max-unavailable-bad-percent": {"agent": {"maxUnavailable": "150%"}},
+    "relative-bpffs": {"agent": {"bpffs": {"path": "sys/fs/bpf"}}},
+    "bad-seccomp": {"agent": {"seccompProfile": "Localhost"}},
+    "bad-toleration-operator": {"agent": {"tolerations": [{"operator": "Maybe"}]}},
+    "unknown-resources-key": {"agent": {"resources": {"request": {"cpu": "1"}}}},
+    "bad-priority-class": {"agent": {"priorityClassName": "Not_A_Name"}},
+    "env-without-name": {"agent": {"extraEnv": [{"value": "x"}]}},
+}
+
+
+@pytest.mark.parametrize("values", BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_values_violating_the_schema_are_refused(values: dict) -> None:
+    chart = helm_python.Chart.load(CHART)
+    with pytest.raises(helm_python.HelmError):
+        chart.validate_schema(values)
+    with pytest.raises(helm_python.HelmError):      # and rendering refuses them too
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def _object_schemas(node: dict, path: str = "$"):
+    if node.get("type") == "object" or "properties" in node:
+        yield path, node
+    for key, child in (node.get("properties") or {}).items():
+        yield from _object_schemas(child, f"{path}.{key}")
+    if isinstance(node.get("items"), dict):
+        yield from _object_schemas(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _object_schemas(node["additionalProperties"], f"{path}.*")
+
+
+# Kubernetes types passed through as they are (validated by the API server instead).
+PASS_THROUGH = {"$.operator.extraEnv[].valueFrom", "$.agent.extraEnv[].valueFrom"} | {
+    f"$.{c}.affinity.{k}" for c in ("operator", "agent") for k in ("nodeAffinity", "podAffinity", "podAntiAffinity")}
+
+
+def test_schema_is_strict_everywhere() -> None:
+    """Every object either forbids unknown keys or types its free-form values (maps of
+    strings such as annotations); only Kubernetes pass-through types stay open."""
+    root = helm_python.Chart.load(CHART).schema
+    loose = []
+    for path, node in _object_schemas(root):
+        extra = node.get("additionalProperties")
+        if path in PASS_THROUGH:
+            assert extra is True, path
+        elif extra is not False and not (isinstance(extra, dict) and "type" in extra):
+            loose.append(path)
+        if path not in PASS_THROUGH and "description" not in node and not path.endswith("[]"):
+            loose.append(f"{path} (no description)")
+    assert loose == []
+
+
+def test_values_yaml_has_a_comment_on_every_key() -> None:
+    """Each key the schema declares has a comment on the line(s) just above it (or at the
+    end of its line) in values.yaml; keys inside free-form maps are exempt."""
+    root = helm_python.Chart.load(CHART).schema
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    missing = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):", line)
+        if not match:
+            continue
+        indent, key = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        parent = [k for _, k in stack]
+        stack.append((indent, key))
+        node = root
+        for k in parent:
+            node = (node.get("properties") or {}).get(k) or {}
+        if key not in (node.get("properties") or {}):
+            continue                       # a key inside a free-form value (resources, ...)
+        above = lines[i - 1].strip() if i else ""
+        if not (above.startswith("#") or "#" in line.split(":", 1)[1]):
+            missing.append(".".join(parent + [key]))
+    assert missing == []
+
+
+def test_schema_declares_exactly_the_keys_of_values_yaml() -> None:
+    """No default without a schema entry, no schema entry without a default to read
+    (objects whose keys are all required; optional ones like affinity default to {})."""
+    chart = helm_python.Chart.load(CHART)
+
+    def declared(node: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for key, child in (node.get("properties") or {}).items():
+            out.add(prefix + key)
+            if child.get("additionalProperties") is False and child.get("required"):
+                out |= declared(child, f"{prefix}{key}.")
+        return out
+
+    def used(values: dict, node: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for key, value in values.items():
+            out.add(prefix + key)
+            child = (node.get("properties") or {}).get(key, {})
+            if isinstance(value, dict) and child.get("additionalProperties") is False and child.get("required"):
+                out |= used(value, child, f"{prefix}{key}.")
+        return out
+
+    in_schema, in_values = declared(chart.schema), used(chart.values, chart.schema)
+    assert in_values == in_schema, f"keys in only one of values.yaml / the schema: {sorted(in_values ^ in_schema)}"
+
+
+# --- what the objects say ------------------------------------------------------------------
+def test_chart_crds_are_the_repository_crds_byte_for_byte() -> None:
+    """The chart ships crds/ as copies: regenerate both with `make crds`, or
+    `python -m kube_xdp_api.schema --write charts/kube-xdp/crds/`."""
+    repo = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert repo and chart == repo
+    assert schema.check_dir(CHART / "crds") == []
+
+
+def test_chart_crds_are_what_helm_installs() -> None:
+    crds = helm_python.Chart.load(CHART).crds
+    assert sorted(yaml.safe_load(c["data"])["metadata"]["name"] for c in crds) == sorted(
+        crd["metadata"]["name"] for crd in schema.all_crds())
+
+
+def _rules(role: dict) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    return [(g, tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"] for g in r["apiGroups"]]
+
+
+@pytest.mark.parametrize("component,rules", [("operator", rbac.OPERATOR_RULES), ("agent", rbac.AGENT_RULES)])
+def test_cluster_roles_equal_kube_xdp_api_rbac(component: str, rules: list) -> None:
+    role = one(render(), "ClusterRole", f"-{component}")
+    assert _rules(role) == _rules(rbac.cluster_role(role["metadata"]["name"], rules))
+
+
+def test_default_release_uses_the_rig_and_rbac_names() -> None:
+    """Release kube-xdp in namespace kube-xdp: the same ServiceAccounts and roles as
+    kube_xdp_api.rbac.manifests() (the identities the rig's tokens carry)."""
+    docs = render()
+    expected = {(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace"))
+                for d in rbac.manifests() if d["kind"] != "Namespace"}
+    got = {(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace"))
+           for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")}
+    assert got == expected
+    for binding in (d for d in docs if d["kind"] == "ClusterRoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": binding["metadata"]["name"],
+                                        "namespace": NAMESPACE}]
+
+
+def test_rbac_follows_custom_names_and_can_be_disabled() -> None:
+    docs = render(ci_values(CHART / "ci" / "custom-image-values.yaml"), release="edge", namespace="net")
+    binding = one(docs, "ClusterRoleBinding", "-agent")
+    assert binding["metadata"]["name"] == "xdp-agent"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "xdp-node-agent", "namespace": "net"}]
+    assert one(docs, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == "xdp-node-agent"
+    kinds = {d["kind"] for d in render({"rbac": {"create": False}})}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+
+
+def test_operator_deployment() -> None:
+    dep = one(render(), "Deployment", "-operator")
+    spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    (container,) = pod["containers"]
+    assert container["command"] == ["kube-xdp-operator"]
+    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz"]
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    assert {"name": "liveness", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    assert probe["port"] == "liveness"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert pod["serviceAccountName"] == "kube-xdp-operator"
+
+
+def test_operator_liveness_port_moves_everywhere() -> None:
+    container = one(render({"operator": {"liveness": {"port": 9901}, "verbose": True}}),
+                    "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["--liveness=http://0.0.0.0:9901/healthz", "--verbose"]
+    assert container["ports"][0]["containerPort"] == 9901
+
+
+def agent_pod(values: dict | None = None) -> dict:
+    return one(render(values), "DaemonSet", "-agent")["spec"]["template"]["spec"]
+
+
+def test_agent_daemonset_defaults() -> None:
+    ds = one(render(), "DaemonSet", "-agent")
+    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert "priorityClassName" not in pod
+    (agent,) = pod["containers"]
+    assert agent["command"] == ["kube-xdp-agent"]
+    assert agent["args"] == [f"--bpffs={names.DEFAULT_BPFFS}", "--resync=5"]
+    assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in agent["env"]
+    sc = agent["securityContext"]
+    assert sc["privileged"] is False and sc["runAsUser"] == 0 and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE"]}
+    assert "allowPrivilegeEscalation" not in sc      # the API server refuses false with SYS_ADMIN
+    mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    assert mounts["bpffs"] == {"name": "bpffs", "mountPath": "/sys/fs/bpf", "mountPropagation": "HostToContainer"}
+    assert mounts["lib-modules"] == {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True}
+    assert mounts["usr-src"] == {"name": "usr-src", "mountPath": "/usr/src", "readOnly": True}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["bpffs"]["hostPath"]["path"] == "/sys/fs/bpf"
+    assert volumes["lib-modules"]["hostPath"]["path"] == "/lib/modules"
+    assert volumes["usr-src"]["hostPath"]["path"] == "/usr/src"
+    assert "emptyDir" in volumes["tmp"]
+    # the one privileged piece: the init container that mounts bpffs on the host if needed
+    (init,) = pod["initContainers"]
+    assert init["securityContext"] == {"privileged": True}
+    assert init["volumeMounts"] == [{"name": "bpffs", "mountPath": "/sys/fs/bpf", "mountPropagation": "Bidirectional"}]
+    assert "mount -t bpf bpf" in init["command"][-1]
+
+
+def test_agent_minimal_capabilities_scenario_has_no_privileged_container() -> None:
+    pod = agent_pod(ci_values(CHART / "ci" / "capabilities-values.yaml"))
+    assert "initContainers" not in pod
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "NET_ADMIN"]}
+    assert sc["allowPrivilegeEscalation"] is False and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert '"privileged": true' not in str(pod).lower().replace("'", '"')
+
+
+def test_agent_privileged_scenario() -> None:
+    pod = agent_pod(ci_values(CHART / "ci" / "privileged-values.yaml"))
+    sc = pod["containers"][0]["securityContext"]
+    assert sc == {"privileged": True, "readOnlyRootFilesystem": True}
+    assert pod["containers"][0]["volumeMounts"][0]["mountPropagation"] == "HostToContainer"
+
+
+def test_agent_bpffs_path_moves_everywhere() -> None:
+    pod = agent_pod({"agent": {"bpffs": {"path": "/run/bpf"}}})
+    assert pod["containers"][0]["args"][0] == "--bpffs=/run/bpf"
+    assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == "/run/bpf"
+    assert pod["initContainers"][0]["volumeMounts"][0]["mountPath"] == "/run/bpf"
+    assert pod["volumes"][0]["hostPath"]["path"] == "/run/bpf"
+    assert {"name": "BPFFS", "value": "/run/bpf"} in pod["initContainers"][0]["env"]
+
+
+def test_priority_class_and_tolerations_scenario() -> None:
+    values = ci_values(CHART / "ci" / "priorityclass-tolerations-values.yaml")
+    docs = render(values)
+    pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["tolerations"] == values["agent"]["tolerations"]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert one(docs, "DaemonSet")["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": "10%"}
+    op = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert op["priorityClassName"] == "system-cluster-critical"
+
+
+def test_custom_image_scenario() -> None:
+    values = ci_values(CHART / "ci" / "custom-image-values.yaml")
+    docs = render(values)
+    ref = "registry.example.com:5000/platform/kube-xdp@" + values["image"]["digest"]
+    for workload in (one(docs, "DaemonSet"), one(docs, "Deployment")):
+        pod = workload["spec"]["template"]["spec"]
+        for c in pod["containers"] + pod.get("initContainers", []):
+            assert c["image"] == ref and c["imagePullPolicy"] == "Always"
+        assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
+        assert workload["metadata"]["labels"]["team"] == "network"
+    tag_only = one(render({"image": {"repository": "r.example/kube-xdp", "tag": "1.2.3"}}), "Deployment")
+    assert tag_only["spec"]["template"]["spec"]["containers"][0]["image"] == "r.example/kube-xdp:1.2.3"
+    default = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert default == f"kube-xdp:{helm_python.Chart.load(CHART).metadata['appVersion']}"
+
+
+def test_standard_labels_and_selectors() -> None:
+    docs = render()
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "kube-xdp"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "kube-xdp-0.1.0"
+        assert labels["app.kubernetes.io/version"] == "0.1.0"
+        assert labels["app.kubernetes.io/component"] in ("operator", "agent")
+    selectors = {}
+    for workload in (one(docs, "DaemonSet"), one(docs, "Deployment")):
+        selector = workload["spec"]["selector"]["matchLabels"]
+        # stable keys only (never the version or chart), plus the component
+        assert set(selector) == {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component"}
+        assert selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+        selectors[workload["kind"]] = selector
+    assert selectors["DaemonSet"] != selectors["Deployment"]     # neither selects the other's pods
+
+
+def test_versions_agree() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    meta = helm_python.Chart.load(CHART).metadata
+    assert meta["appVersion"] == project["version"]
+    assert meta["kubeVersion"] == ">=1.20.0-0"
+
+
+def test_chart_commands_are_the_project_entry_points() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    docs = render()
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["command"] == ["kube-xdp-operator"]
+    assert one(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["command"] == ["kube-xdp-agent"]
+    assert scripts["kube-xdp-operator"] == "kube_xdp_operator.__main__:main"
+    assert scripts["kube-xdp-agent"] == "kube_xdp_agent.__main__:main"
+
+
+def test_notes_tell_how_to_check_and_what_nodes_need() -> None:
+    text = notes()
+    for needle in ("rollout status deployment/kube-xdp-operator", "rollout status daemonset/kube-xdp-agent",
+                   "kubectl get xdpprograms", "bpffs at /sys/fs/bpf", "/lib/modules/$(uname -r)/build",
+                   "kubectl apply --server-side -f crds/", "no kube-xdp image is\npublished"):
+        assert needle in text, needle
+    assert "no kube-xdp image" not in notes({"image": {"repository": "registry.example.com/kube-xdp"}})
