@@ -32,6 +32,7 @@ from kube_xdp_api import names, reasons
 from kube_xdp_api.fetch import read_source
 from kube_xdp_api.spec import SpecError, source_digest, validate_program_name
 
+from .build import InProcessBuilder
 from .desired import Desired, resolve_interfaces
 from .execute import Executor, IfaceResult
 from .kernel.compile import CompileRequest
@@ -74,6 +75,8 @@ class Agent:
         self.kernel = kernel
         self.pins = kernel.pin_store(config.bpffs)
         self.netlink = kernel.netlink(config.netns)
+        self.builder = (kernel.builder(config.bpffs, config.netns) if hasattr(kernel, "builder")
+                        else InProcessBuilder(kernel.compiler, self.pins))
         self.selector = f"{names.LABEL_NODE}={names.node_label_value(config.node_name)}"
         self.cache: dict[str, dict] = {}
         self.sources: dict[str, str] = {}          # source digest -> text
@@ -193,28 +196,20 @@ class Agent:
         except SpecError as e:
             return attachment_status(old=old, generation=generation, now=_now(), failure=(e.reason, e.message))
         req = CompileRequest(source=text, entrypoint=d.spec.fields.entrypoint, defines=dict(d.spec.fields.defines))
-        key = self.kernel.compiler.key(req)
+        key = self.builder.key(req)
         digest = key[:12]
         observed = observe(self.netlink, self.pins)
         compile_info = (old or {}).get("compile") if (old or {}).get("compile", {}).get("digest") == key else None
         if digest not in observed.pins.get(program, {}):
             try:
-                loaded = self.kernel.compiler.load(req)
+                built = self.builder.build(req, program)
             except KernelError as e:
                 output = getattr(e, "output", "") or ""
                 message = f"{e}\n{output}".strip() if output and output not in str(e) else str(e)
                 return attachment_status(old=old, generation=generation, now=_now(), failure=(e.reason, message),
                                          interfaces=self._still_attached(program, observed, e.reason))
-            try:
-                self.pins.pin_program(program, digest, loaded)
-            except KernelError as e:
-                return attachment_status(old=old, generation=generation, now=_now(), failure=(reasons.PIN_FAILED, str(e)))
-            finally:
-                # The pin keeps the program; bcc's in-memory module would only hold fds and memory.
-                self.kernel.compiler.release(key)
-            compile_info = {"durationMs": int(round(loaded.duration_ms)), "cacheHit": bool(loaded.cache_hit), "digest": key}
-            log.info("%s: compiled %s in %.0f ms (cache hit: %s)", att["metadata"]["name"], digest,
-                     loaded.duration_ms, loaded.cache_hit)
+            compile_info = {"durationMs": int(round(built.duration_ms)), "cacheHit": built.cache_hit, "digest": key}
+            log.info("%s: compiled and pinned %s in %.0f ms", att["metadata"]["name"], digest, built.duration_ms)
             observed = observe(self.netlink, self.pins)
         elif compile_info is None:
             compile_info = {"durationMs": 0, "cacheHit": True, "digest": key}   # adopted from the pin

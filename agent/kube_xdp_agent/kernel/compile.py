@@ -282,6 +282,19 @@ def _xdp_bpf_class() -> type:
 
 
 def bcc_version() -> str:
+    """bcc's version, read from its version.py without importing bcc: importing it maps
+    libbcc (LLVM) into the process, which the agent keeps out of its own memory."""
+    import importlib.util
+    spec = importlib.util.find_spec("bcc")
+    if spec is not None and spec.origin:
+        path = os.path.join(os.path.dirname(spec.origin), "version.py")
+        try:
+            with open(path) as f:
+                match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", f.read())
+            if match:
+                return match.group(1)
+        except OSError:
+            pass
     bcc, _ = _bcc()
     return str(bcc.__version__)
 

@@ -23,3 +23,8 @@ class HostKernel:
 
     def pin_store(self, root: str) -> PinStore:
         return PinStore(root)
+
+    def builder(self, bpffs: str, netns: str | None = None):
+        """Compile+load+pin in a child process (see kube_xdp_agent.build)."""
+        from ..build import SubprocessBuilder
+        return SubprocessBuilder(self.compiler, bpffs, netns)
