@@ -31,7 +31,7 @@ def _config(args) -> RigConfig:
         instance=args.instance, nodes=args.nodes,
         interfaces=tuple(i.strip() for i in args.interfaces.split(",") if i.strip()),
         labels=parse_labels(args.labels), node_labels=node_labels,
-        apiserver_port=args.apiserver_port, etcd_port=args.etcd_port,
+        apiserver_port=args.apiserver_port, etcd_port=args.etcd_port, audit=args.audit,
     )
 
 
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--node-label", action="append", metavar="NODE=k=v[,k=v]", help="labels for one node (repeatable)")
     up.add_argument("--apiserver-port", type=int, default=6443)
     up.add_argument("--etcd-port", type=int, default=2379, help="etcd client port; the peer port is the next one")
+    up.add_argument("--audit", action="store_true", help="audit-log every API request to <state>/audit.log")
     sub.add_parser("down", help="stop everything and remove every namespace, mount and file of the rig")
     st = sub.add_parser("status", help="say what is running")
     st.add_argument("--json", action="store_true")

@@ -64,6 +64,7 @@ class RigConfig:
     etcd_port: int = 2379
     state_root: Path = DEFAULT_STATE_ROOT
     cache_dir: Path = DEFAULT_CACHE
+    audit: bool = False      # write an audit log of every API request (<state>/audit.log)
 
     def __post_init__(self) -> None:
         if not _INSTANCE_RE.match(self.instance):

@@ -95,9 +95,24 @@ def _etcd_healthy(port: int) -> bool:
         return False
 
 
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+"""
+
+
 def start_apiserver(procs: ProcTable, state: Path, binary: Path, port: int, etcd_port: int,
-                    extra_args: list[str] | None = None) -> None:
+                    extra_args: list[str] | None = None, audit: bool = False) -> None:
     pki = state / "pki"
+    extra_args = list(extra_args or [])
+    if audit:
+        # One JSON line per request (user, verb, resource, response code): the benchmarks
+        # count API reads and writes per node at the server, not in the clients.
+        (state / "audit-policy.yaml").write_text(AUDIT_POLICY)
+        extra_args += [f"--audit-policy-file={state}/audit-policy.yaml", f"--audit-log-path={state}/audit.log",
+                       "--audit-log-format=json", "--audit-log-mode=batch", "--audit-log-batch-max-wait=1s"]
     procs.start("kube-apiserver", [
         str(binary),
         f"--etcd-servers=http://127.0.0.1:{etcd_port}",
@@ -113,7 +128,7 @@ def start_apiserver(procs: ProcTable, state: Path, binary: Path, port: int, etcd
         "--allow-privileged=true",
         "--profiling=false",
         "--v=1",
-        *(extra_args or []),
+        *extra_args,
     ])
 
 

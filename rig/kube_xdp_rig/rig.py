@@ -140,7 +140,8 @@ class Rig:
             log(f"rig: starting etcd on 127.0.0.1:{cfg.etcd_port}")
             controlplane.start_etcd(self.procs, self.state, cfg.etcd_port)
             log(f"rig: starting kube-apiserver on {self.server}")
-            controlplane.start_apiserver(self.procs, self.state, binary, cfg.apiserver_port, cfg.etcd_port)
+            controlplane.start_apiserver(self.procs, self.state, binary, cfg.apiserver_port, cfg.etcd_port,
+                                         audit=cfg.audit)
             tokens = certs.tokens(pki)
             kubeconfigs = {}
             for ident, token in tokens.items():
