@@ -4,7 +4,8 @@ Every error carries the context that locates it (program, interface, netns, pin 
 errno) and a stable CamelCase `reason` taken from `kube_xdp_api.reasons` so the control
 loop can copy it into a condition unchanged. Causes are chained with `raise ... from`.
 
-Reasons used here (all in the API's catalogue, except the internal `BpfSyscallFailed`):
+Reasons used here (all in the API's catalogue, except the internal `BpfSyscallFailed` and,
+until the catalogue gains them, the offload pair `ProgramNotOffloadable` / `OffloadUnsupported`):
 
 | class                | reason                                  | permanent? |
 |----------------------|-----------------------------------------|------------|
@@ -17,6 +18,8 @@ Reasons used here (all in the API's catalogue, except the internal `BpfSyscallFa
 | InterfaceNotFound    | InterfaceNotFound (also NetnsNotFound)  | yes        |
 | HookBusy             | HookBusy                                | yes        |
 | AttachError          | DriverModeUnsupported / AttachFailed / DetachFailed | fallback / retry |
+|                      | OffloadUnsupported (offload refused by the device, offload.py) | fallback |
+| ProgramNotOffloadable| ProgramNotOffloadable (offload.py)      | fallback, else yes |
 | PinError             | PinFailed                               | retry      |
 | BpfSyscallError      | BpfSyscallFailed                        | caller decides |
 
@@ -191,6 +194,22 @@ class AttachError(KernelError):
     def __init__(self, message: str, *, kernel_message: str | None = None, **context: Any) -> None:
         super().__init__(message, **context)
         self.kernel_message = kernel_message
+
+
+class ProgramNotOffloadable(KernelError):
+    """The program breaks a rule of offloaded programs (map types, map flags, helpers), or
+    the device refused its maps or code while a trivial program loads on it fine.
+
+    `problems` lists what was found (one sentence each); `output` is bcc's or the
+    kernel's text when the device itself refused. The caller falls back per policy.
+    """
+
+    reason = "ProgramNotOffloadable"
+
+    def __init__(self, message: str, *, problems: tuple[str, ...] = (), output: str = "", **context: Any) -> None:
+        super().__init__(message, **context)
+        self.problems = tuple(problems)
+        self.output = trim_head(output)
 
 
 class PinError(KernelError):

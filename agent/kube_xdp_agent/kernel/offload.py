@@ -1,0 +1,545 @@
+"""XDP hardware offload: the rules an offloaded program must follow, checked before trying,
+and attaching by policy (offload, then the allowed fallback modes) on one interface.
+
+Offload in the kernel (verified on netdevsim, tests/offload/):
+- An offloaded program is loaded FOR a device (`BPF_PROG_LOAD` with `prog_ifindex`,
+  bcc `device=`); its maps are created on the device too (`map_ifindex`). It can only be
+  attached in HW mode on that device (`XDP_FLAGS_HW_MODE`), and a program loaded for
+  the host can never be attached in HW mode. So offload needs its own load per
+  interface: the program attached native/generic is a different kernel object.
+- The device decides which maps it holds: the kernel offloads only BPF_MAP_TYPE_ARRAY
+  and BPF_MAP_TYPE_HASH (`bpf_map_offload_map_alloc`), and drivers add limits
+  (netdevsim: no map flags, at most 2 entries; nfp: no flags, its own sizes). A per-CPU
+  map has no meaning on a NIC and is refused at map creation (EINVAL).
+- The helpers an offloading driver translates are few. The set below is what the only
+  upstream offload hardware (nfp) implements; netdevsim accepts more, but a program
+  that passes here but fails on a real NIC would be a lie, so this check is the strict
+  one.
+- The interface's ifindex (and bcc's device name) is resolved in the network namespace
+  of the LOADING thread: for an interface in a named namespace the load runs in a
+  thread that entered it (`in_netns`).
+
+What is checked, and where:
+1. `source_problems(source)`: cheap, from the source text, before any compile: map
+   declarations (bcc macros, `BPF_TABLE("type", ...)`), map flags, and calls of bpf
+   helpers outside the offload set. Comments are ignored; `#if` branches are not
+   evaluated (a map or call under `#if 0` still counts: it errs on the safe side).
+2. `loaded_problems(prog)`: exact, from a loaded program's maps (type and flags as the
+   kernel reports them), for a program already compiled for the host.
+3. The device itself: a refused map or program raises ProgramNotOffloadable with bcc's
+   or the kernel's text, unless a trivial program cannot be loaded for the device
+   either, in which case the device cannot offload at all: OffloadUnsupported.
+
+Reasons: ProgramNotOffloadable (the program breaks a rule, or the device refused it),
+OffloadUnsupported (the device or driver cannot offload, or refused the HW attach:
+EINVAL/EOPNOTSUPP with the kernel's extended ack), DriverModeUnsupported (native/generic
+refused). Both offload reasons mean "fall back per policy"; with no fallback left the
+attach fails with the first reason (the preferred mode's).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno as errno_mod
+import os
+import re
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from . import bpfsys
+from .compile import CompileRequest, Compiler, LoadedProgram
+from .errors import (
+    AttachError,
+    BpfSyscallError,
+    CompileError,
+    HeadersNotFound,
+    KernelError,
+    NetnsNotFound,
+    ProgramNotOffloadable,
+    VerifierError,
+)
+from .netlink import Netlink, XdpState
+
+PROGRAM_NOT_OFFLOADABLE = "ProgramNotOffloadable"
+OFFLOAD_UNSUPPORTED = "OffloadUnsupported"
+DRIVER_MODE_UNSUPPORTED = "DriverModeUnsupported"
+
+# Map types the kernel offloads (bpf_map_offload_map_alloc), as bcc names them in
+# BPF_TABLE("<type>", ...). bcc's "histogram" is a hash (or an array for int keys).
+OFFLOAD_MAP_TYPES = frozenset({"hash", "array", "histogram"})
+OFFLOAD_MAP_TYPE_IDS = frozenset({bpfsys.BPF_MAP_TYPE_HASH, bpfsys.BPF_MAP_TYPE_ARRAY})
+
+# bcc's map macros -> the bcc table type they declare.
+_MACRO_TYPES = {
+    "BPF_ARRAY": "array",
+    "BPF_HASH": "hash",
+    "BPF_HISTOGRAM": "histogram",
+    "BPF_PERCPU_ARRAY": "percpu_array",
+    "BPF_PERCPU_HASH": "percpu_hash",
+    "BPF_LPM_TRIE": "lpm_trie",
+    "BPF_PROG_ARRAY": "prog",
+    "BPF_PERF_OUTPUT": "perf_output",
+    "BPF_PERF_ARRAY": "perf_array",
+    "BPF_RINGBUF_OUTPUT": "ringbuf",
+    "BPF_STACK_TRACE": "stacktrace",
+    "BPF_STACK_TRACE_BUILDID": "stacktrace",
+    "BPF_CGROUP_ARRAY": "cgroup_array",
+    "BPF_DEVMAP": "devmap",
+    "BPF_CPUMAP": "cpumap",
+    "BPF_XSKMAP": "xskmap",
+    "BPF_ARRAY_OF_MAPS": "array_of_maps",
+    "BPF_HASH_OF_MAPS": "hash_of_maps",
+    "BPF_SK_STORAGE": "sk_storage",
+    "BPF_INODE_STORAGE": "inode_storage",
+    "BPF_TASK_STORAGE": "task_storage",
+    "BPF_SOCKMAP": "sockmap",
+    "BPF_SOCKHASH": "sockhash",
+    "BPF_CGROUP_STORAGE": "cgroup_storage",
+    "BPF_PERCPU_CGROUP_STORAGE": "percpu_cgroup_storage",
+    "BPF_QUEUE": "queue",
+    "BPF_STACK": "stack",
+}
+# Macros whose first argument is the table type string.
+_TYPED_MACROS = ("BPF_TABLE", "BPF_F_TABLE", "BPF_TABLE_PINNED", "BPF_TABLE_PUBLIC", "BPF_TABLE_SHARED",
+                 "BPF_XDP_REDIRECT_MAP", "BPF_QUEUESTACK", "BPF_QUEUESTACK_PINNED",
+                 "BPF_QUEUESTACK_PUBLIC", "BPF_QUEUESTACK_SHARED")
+
+# Helpers an offloading NIC translates (nfp's set; netdevsim accepts these and more).
+OFFLOAD_HELPERS = frozenset(
+    {
+        "bpf_map_lookup_elem",
+        "bpf_map_update_elem",
+        "bpf_map_delete_elem",
+        "bpf_get_prandom_u32",
+        "bpf_perf_event_output",
+        "bpf_xdp_adjust_head",
+        "bpf_xdp_adjust_tail",
+    }
+)
+# bcc's map method syntax -> the helpers it compiles to.
+_METHOD_HELPERS = {
+    "lookup": ("bpf_map_lookup_elem",),
+    "lookup_or_init": ("bpf_map_lookup_elem", "bpf_map_update_elem"),
+    "lookup_or_try_init": ("bpf_map_lookup_elem", "bpf_map_update_elem"),
+    "update": ("bpf_map_update_elem",),
+    "insert": ("bpf_map_update_elem",),
+    "delete": ("bpf_map_delete_elem",),
+    "increment": ("bpf_map_lookup_elem", "bpf_map_update_elem"),
+    "atomic_increment": ("bpf_map_lookup_elem", "bpf_map_update_elem"),
+    "perf_submit": ("bpf_perf_event_output",),
+    "redirect_map": ("bpf_redirect_map",),
+    "call": ("bpf_tail_call",),
+    "push": ("bpf_map_push_elem",),
+    "pop": ("bpf_map_pop_elem",),
+    "peek": ("bpf_map_peek_elem",),
+    "ringbuf_output": ("bpf_ringbuf_output",),
+    "ringbuf_reserve": ("bpf_ringbuf_reserve",),
+    "sk_storage_get": ("bpf_sk_storage_get",),
+}
+# Names that look like helpers but are bcc macros or plain C, not helper calls.
+_NOT_HELPERS = frozenset({"bpf_ntohs", "bpf_htons", "bpf_ntohl", "bpf_htonl"})
+
+_COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_STRING_RE = re.compile(r'"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'')
+_MACRO_RE = re.compile(r"\b(BPF_[A-Z_]+)\s*\(")
+_CALL_RE = re.compile(r"\b(bpf_[a-z0-9_]+)\s*\(")
+_METHOD_RE = re.compile(r"\b[A-Za-z_]\w*\s*\.\s*([a-z_]+)\s*\(")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One rule of offloaded programs the program breaks."""
+
+    kind: str  # 'map' | 'map_flags' | 'helper'
+    name: str  # map name, or helper name
+    detail: str  # a sentence for humans
+    line: int | None = None  # 1-based line in the source, when known
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.detail}" if self.line else self.detail
+
+
+def _strip_comments(source: str) -> str:
+    """Comments replaced by as many newlines as they spanned (line numbers stay right)."""
+    return _COMMENT_RE.sub(lambda m: "\n" * m.group(0).count("\n") or " ", source)
+
+
+def _args(text: str, open_paren: int) -> list[str] | None:
+    """The top-level comma-separated arguments of the call whose '(' is at open_paren."""
+    depth, start, out = 0, open_paren + 1, []
+    i = open_paren
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            m = _STRING_RE.match(text, i)
+            i = m.end() if m else i + 1
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth == 0:
+                out.append(text[start:i].strip())
+                return out
+        elif c == "," and depth == 1:
+            out.append(text[start:i].strip())
+            start = i + 1
+        i += 1
+    return None
+
+
+def source_problems(source: str) -> list[Problem]:
+    """Offload rules broken by `source`, found without compiling (see the module doc)."""
+    text = _strip_comments(source)
+    line_of = lambda pos: text.count("\n", 0, pos) + 1  # noqa: E731
+    problems: list[Problem] = []
+    for m in _MACRO_RE.finditer(text):
+        macro = m.group(1)
+        if text[: m.start()].rstrip().endswith("#define"):
+            continue  # a macro of the user's own, not a declaration
+        args = _args(text, m.end() - 1)
+        if args is None:
+            continue
+        if macro in _MACRO_TYPES:
+            table_type, name = _MACRO_TYPES[macro], (args[0] if args else "?")
+            flags = None
+        elif macro in _TYPED_MACROS and args and args[0].startswith('"'):
+            table_type = args[0].strip('"')
+            if macro.startswith("BPF_QUEUESTACK"):
+                name = args[1] if len(args) > 1 else "?"
+                flags = args[4] if len(args) > 4 else None
+            elif macro == "BPF_XDP_REDIRECT_MAP":
+                name, flags = (args[2] if len(args) > 2 else "?"), None
+            else:
+                name = args[3] if len(args) > 3 else "?"
+                flags = args[5] if macro in ("BPF_F_TABLE", "BPF_TABLE_PINNED") and len(args) > 5 else None
+                if macro == "BPF_TABLE_PINNED":
+                    flags = args[6] if len(args) > 6 else None  # (type, k, v, name, n, path, flags)
+        else:
+            continue
+        if table_type not in OFFLOAD_MAP_TYPES:
+            kind = "a per-CPU map" if "percpu" in table_type else f"a {table_type} map"
+            problems.append(Problem(
+                "map", name,
+                f"map {name!r} is {kind} ({macro}): only array and hash maps can be offloaded",
+                line_of(m.start()),
+            ))
+        elif flags not in (None, "", "0"):
+            problems.append(Problem(
+                "map_flags", name,
+                f"map {name!r} has flags {flags}: offloaded maps take no flags", line_of(m.start()),
+            ))
+    code = _STRING_RE.sub('""', text)
+    seen: set[str] = set()
+    for m in _CALL_RE.finditer(code):
+        helper = m.group(1)
+        if helper in OFFLOAD_HELPERS or helper in _NOT_HELPERS or helper in seen:
+            continue
+        seen.add(helper)
+        problems.append(Problem(
+            "helper", helper,
+            f"{helper}() is not in the offload helper set ({', '.join(sorted(OFFLOAD_HELPERS))})",
+            line_of(m.start()),
+        ))
+    for m in _METHOD_RE.finditer(code):
+        for helper in _METHOD_HELPERS.get(m.group(1), ()):
+            if helper in OFFLOAD_HELPERS or helper in seen:
+                continue
+            seen.add(helper)
+            problems.append(Problem(
+                "helper", helper,
+                f".{m.group(1)}() compiles to {helper}(), which is not in the offload helper set",
+                line_of(m.start()),
+            ))
+    return problems
+
+
+def loaded_problems(prog: LoadedProgram) -> list[Problem]:
+    """Offload rules broken by the maps of a program already loaded (exact types, flags)."""
+    problems = []
+    for name, m in sorted(prog.maps.items()):
+        info = m.info
+        if info.type not in OFFLOAD_MAP_TYPE_IDS:
+            kind = "a per-CPU map" if info.percpu else f"a map of type {info.type}"
+            problems.append(Problem("map", name, f"map {name!r} is {kind}: only array and hash maps can be offloaded"))
+        elif info.flags:
+            problems.append(Problem("map_flags", name, f"map {name!r} has flags {info.flags:#x}: offloaded maps take no flags"))
+    return problems
+
+
+def _not_offloadable(problems: list[Problem], **context: Any) -> ProgramNotOffloadable:
+    listed = "; ".join(str(p) for p in problems)
+    return ProgramNotOffloadable(
+        f"the program cannot be offloaded: {listed}", problems=tuple(str(p) for p in problems), **context
+    )
+
+
+def check_source(source: str, **context: Any) -> None:
+    """Raise ProgramNotOffloadable when `source` breaks an offload rule."""
+    problems = source_problems(source)
+    if problems:
+        raise _not_offloadable(problems, **context)
+
+
+def check_loaded(prog: LoadedProgram, **context: Any) -> None:
+    """Raise ProgramNotOffloadable when a loaded program's maps cannot be offloaded."""
+    problems = loaded_problems(prog)
+    if problems:
+        raise _not_offloadable(problems, **context)
+
+
+# --- namespaces and the trivial program --------------------------------------------------
+
+_CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
+    """Run `fn()` in a thread that entered the named network namespace (None: here).
+
+    Only that thread changes namespace (setns(2) with CLONE_NEWNET is per thread); it
+    ends when `fn` returns, so nothing else in the process is affected.
+    """
+    if netns is None:
+        return fn()
+    path = os.path.join("/run/netns", netns)
+    if "/" in netns or netns in (".", "..") or not os.path.exists(path):
+        raise NetnsNotFound(f"network namespace {netns!r} does not exist", netns=netns)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if bpfsys._libc().setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise KernelError(f"entering network namespace {netns!r} failed: {os.strerror(err)}",
+                                      netns=netns, errno=err)
+            finally:
+                os.close(fd)
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{netns}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+_BPF_PROG_LOAD = 5
+# r0 = XDP_PASS; exit
+_PASS_INSNS = struct.pack("<BBhi", 0xB7, 0, 0, bpfsys.XDP_PASS) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+
+
+class _ProgLoadAttr(ctypes.Structure):  # union bpf_attr, BPF_PROG_LOAD (up to expected_attach_type)
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
+    ]
+
+
+def load_pass_program(ifindex: int = 0, *, name: str = "kxdp_probe") -> bpfsys.Fd:
+    """Load `return XDP_PASS` with bpf(2) (no compiler, no headers), for the host or,
+    with `ifindex`, bound to that device for offload (ifindex of the calling thread's
+    namespace). Raises BpfSyscallError (cmd BPF_PROG_LOAD) with the kernel's errno."""
+    insns = ctypes.create_string_buffer(_PASS_INSNS, len(_PASS_INSNS))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = _ProgLoadAttr(
+        prog_type=bpfsys.BPF_PROG_TYPE_XDP,
+        insn_cnt=len(_PASS_INSNS) // 8,
+        insns=ctypes.addressof(insns),
+        license=ctypes.addressof(license_),
+        prog_name=name.encode()[:15],
+        prog_ifindex=ifindex,
+    )
+    nr = bpfsys._NR_BPF.get(os.uname().machine)
+    if nr is None:
+        raise BpfSyscallError(f"bpf(2) is wired for x86_64 only, not {os.uname().machine}", cmd="BPF_PROG_LOAD")
+    libc = bpfsys._libc()
+    ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(_BPF_PROG_LOAD), ctypes.byref(attr),
+                       ctypes.c_uint(ctypes.sizeof(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfSyscallError(f"BPF_PROG_LOAD failed: {os.strerror(err)}", cmd="BPF_PROG_LOAD", errno=err)
+    return bpfsys.Fd(int(ret))
+
+
+def device_can_offload(netlink: Netlink, interface: str) -> tuple[bool, int | None]:
+    """(True, None) when a trivial program loads bound to `interface`, else (False, errno)."""
+    index = netlink.interface(interface).index
+    try:
+        fd = in_netns(netlink.netns, lambda: load_pass_program(index))
+    except BpfSyscallError as exc:
+        return False, exc.errno
+    fd.close()
+    return True, None
+
+
+# --- attach by policy ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A mode that was tried and refused, with why."""
+
+    mode: str
+    reason: str
+    message: str
+    errno: int | None = None
+    kernel_message: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.mode}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What ended up on the interface, read back from netlink.
+
+    `program` is the loaded program now attached (for offload, the one bound to the
+    interface: pin it, its maps live on the device). `reason`/`message` say why the
+    preferred mode was not used (None/"" when it was).
+    """
+
+    interface: str
+    mode: str
+    state: XdpState
+    program: LoadedProgram
+    refused: tuple[Refusal, ...] = ()
+
+    @property
+    def reason(self) -> str | None:
+        return self.refused[0].reason if self.refused else None
+
+    @property
+    def message(self) -> str:
+        if not self.refused:
+            return ""
+        return f"attached in {self.mode} mode; refused: " + "; ".join(str(r) for r in self.refused)
+
+
+class NoModeAttached(AttachError):
+    """Every allowed mode was refused. `reason` is the preferred mode's; `refused` lists all."""
+
+    def __init__(self, message: str, *, refused: tuple[Refusal, ...], **context: Any) -> None:
+        first = refused[0] if refused else None
+        super().__init__(
+            message,
+            reason=first.reason if first else "AttachFailed",
+            errno=first.errno if first else None,
+            kernel_message=first.kernel_message if first else None,
+            **context,
+        )
+        self.refused = refused
+
+
+def offload_request(req: CompileRequest, interface: str) -> CompileRequest:
+    return dataclasses.replace(req, device=interface)
+
+
+def load_for_offload(compiler: Compiler, netlink: Netlink, interface: str, req: CompileRequest) -> LoadedProgram:
+    """Check the offload rules, then load `req` bound to `interface` (in netlink's namespace).
+
+    Raises ProgramNotOffloadable (rules broken, or the device refused the program's maps
+    or code), AttachError(OffloadUnsupported) when the device cannot offload at all, and
+    lets compile errors of the program itself through (they would fail any mode).
+    """
+    ctx = {"interface": interface, "netns": netlink.netns, "mode": "offload"}
+    check_source(req.source, **ctx)
+    dev_req = offload_request(req, interface)
+    try:
+        prog = in_netns(netlink.netns, lambda: compiler.load(dev_req))
+    except HeadersNotFound:
+        raise
+    except (CompileError, VerifierError) as exc:
+        output = getattr(exc, "output", "")
+        if isinstance(exc, CompileError) and "could not open bpf map" not in output:
+            raise  # clang refused the source: not an offload matter
+        can, err = device_can_offload(netlink, interface)
+        if not can:
+            raise AttachError(
+                f"{interface} cannot offload XDP: loading a program bound to it fails"
+                + (f" ({errno_mod.errorcode.get(err, err)})" if err else ""),
+                reason=OFFLOAD_UNSUPPORTED, errno=err, **ctx,
+            ) from exc
+        raise ProgramNotOffloadable(
+            f"{interface} refused the program for offload: {exc.message}",
+            problems=("the device refused the program's maps or code",), output=output,
+            errno=exc.errno, **ctx,
+        ) from exc
+    try:
+        check_loaded(prog, **ctx)
+    except ProgramNotOffloadable:
+        compiler.release(prog.key)
+        raise
+    return prog
+
+
+def attach_with_fallback(
+    compiler: Compiler,
+    netlink: Netlink,
+    interface: str,
+    req: CompileRequest,
+    modes: tuple[str, ...],
+) -> Placement:
+    """Attach `req` on `interface` in the first of `modes` the kernel accepts.
+
+    `modes` is the preferred mode then the allowed fallbacks, in order (desired.py's
+    `modes`). Offload loads the program bound to the interface; native and generic load
+    it for the host (cached by the compiler). A refusal of a mode (ProgramNotOffloadable,
+    OffloadUnsupported, DriverModeUnsupported) moves on to the next mode; anything else
+    (compile errors, HookBusy, a missing interface) is raised at once. With every mode
+    refused: NoModeAttached, whose reason is the preferred mode's, nothing attached.
+    """
+    refused: list[Refusal] = []
+    for mode in modes:
+        dev_prog: LoadedProgram | None = None
+        try:
+            if mode == "offload":
+                prog = dev_prog = load_for_offload(compiler, netlink, interface, req)
+            else:
+                prog = compiler.load(req)
+            state = netlink.attach(interface, prog.prog_fd, mode)
+        except ProgramNotOffloadable as exc:
+            refused.append(Refusal(mode, exc.reason, exc.message + (f": {exc.output}" if exc.output else ""),
+                                   exc.errno))
+            continue
+        except AttachError as exc:
+            if dev_prog is not None:
+                compiler.release(dev_prog.key)
+            if exc.reason not in (DRIVER_MODE_UNSUPPORTED, OFFLOAD_UNSUPPORTED):
+                raise
+            reason = OFFLOAD_UNSUPPORTED if mode == "offload" else exc.reason
+            text = exc.message
+            if exc.kernel_message and exc.kernel_message not in text:
+                text += f": {exc.kernel_message}"
+            if exc.errno and not exc.kernel_message:
+                text += f" ({os.strerror(exc.errno)})"
+            refused.append(Refusal(mode, reason, text, exc.errno, exc.kernel_message))
+            continue
+        except BaseException:
+            if dev_prog is not None:
+                compiler.release(dev_prog.key)
+            raise
+        return Placement(interface, mode, state, prog, tuple(refused))
+    raise NoModeAttached(
+        f"no allowed mode attached on {interface}: " + "; ".join(str(r) for r in refused),
+        refused=tuple(refused), interface=interface, netns=netlink.netns,
+    )

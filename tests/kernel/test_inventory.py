@@ -1,0 +1,152 @@
+"""Node inventory on the real kernel: modes probed by attaching, in a named namespace.
+
+veth supports native and generic XDP, and refuses offload (a program cannot even be
+loaded bound to it: EINVAL); lo supports generic only (native: EOPNOTSUPP). A hook that
+holds a program is never probed. Every result is checked against iproute2's view of the
+hook afterwards: a probe must leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from typing import Any
+
+import pytest
+
+from kube_xdp_agent import inventory
+from kube_xdp_agent.inventory import SUPPORTED, UNKNOWN, UNSUPPORTED, find_headers, probe_interface, probe_node
+from kube_xdp_agent.kernel import Netlink
+
+pytestmark = pytest.mark.kernel
+
+
+def hook(netns: str, ifname: str) -> dict[str, Any] | None:
+    out = subprocess.run(["ip", "-j", "-d", "-n", netns, "link", "show", ifname],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)[0].get("xdp")
+
+
+def test_probe_node_in_a_namespace(netns_pair) -> None:
+    with Netlink(netns_pair.ns) as nl:
+        inv = probe_node(nl)
+    assert inv.kernel_release == os.uname().release
+    assert inv.btf == os.path.exists("/sys/kernel/btf/vmlinux")
+    assert inv.bcc_version and inv.bcc_version[0].isdigit()
+    assert {i.name for i in inv.interfaces} == {"lo", netns_pair.ns_if}
+
+    veth = inv.interface(netns_pair.ns_if)
+    assert veth is not None and veth.driver == "veth" and veth.kind == "veth"
+    assert veth.modes == ("native", "generic")
+    off = veth.probe("offload")
+    assert off.result == UNSUPPORTED and off.errno == errno.EINVAL
+    assert veth.attached == () and veth.unknown_modes == ()
+
+    lo = inv.interface("lo")
+    assert lo.modes == ("generic",)
+    native = lo.probe("native")
+    assert native.result == UNSUPPORTED and native.errno == errno.EOPNOTSUPP and native.detail
+    # Nothing left on any hook.
+    assert hook(netns_pair.ns, netns_pair.ns_if) is None and hook(netns_pair.ns, "lo") is None
+
+
+def test_occupied_hook_is_never_probed(netns_pair, pass_progs) -> None:
+    prog = pass_progs[0]
+    with Netlink(netns_pair.ns) as nl:
+        nl.attach(netns_pair.ns_if, prog.prog_fd, "generic")
+        try:
+            calls = []
+            real_attach = nl.attach
+            nl.attach = lambda *a, **k: calls.append(a) or real_attach(*a, **k)  # type: ignore[method-assign]
+            veth = probe_interface(nl, netns_pair.ns_if)
+            assert calls == []  # not one attach on an occupied hook
+            assert veth.modes == ()
+            assert veth.unknown_modes == ("offload", "native", "generic")
+            assert all(str(prog.prog_id) in p.detail for p in veth.probes)
+            assert [(a.mode, a.prog_id) for a in veth.attached] == [("generic", prog.prog_id)]
+            # The program is still there, untouched.
+            state = hook(netns_pair.ns, netns_pair.ns_if)
+            assert state["mode"] == 2 and state["prog"]["id"] == prog.prog_id
+        finally:
+            nl.detach(netns_pair.ns_if, "generic", expected_prog_fd=prog.prog_fd)
+
+
+def test_refresh_reuses_probes_and_rereads_attached(netns_pair, pass_progs) -> None:
+    prog = pass_progs[1]
+    with Netlink(netns_pair.ns) as nl:
+        first = probe_node(nl)
+        nl.attach(netns_pair.ns_if, prog.prog_fd, "native")
+        try:
+            calls = []
+            real_attach = nl.attach
+            nl.attach = lambda *a, **k: calls.append(a) or real_attach(*a, **k)  # type: ignore[method-assign]
+            again = probe_node(nl, previous=first)
+            assert calls == []
+            veth = again.interface(netns_pair.ns_if)
+            assert veth.modes == ("native", "generic")  # from the earlier probe
+            assert [(a.mode, a.prog_id) for a in veth.attached] == [("native", prog.prog_id)]
+        finally:
+            nl.detach(netns_pair.ns_if, "native", expected_prog_fd=prog.prog_fd)
+
+
+def test_probe_false_reads_only(netns_pair) -> None:
+    with Netlink(netns_pair.ns) as nl:
+        inv = probe_node(nl, probe=False)
+    veth = inv.interface(netns_pair.ns_if)
+    assert veth.modes == () and set(veth.unknown_modes) == {"offload", "native", "generic"}
+
+
+def test_headers_lookup(tmp_path) -> None:
+    assert find_headers("0.0-none", env={"BCC_KERNEL_SOURCE": str(tmp_path)}) == inventory.HeadersInfo(True, str(tmp_path))
+    missing = find_headers("0.0-none", env={})
+    assert missing.found == os.path.exists(inventory.KHEADERS_PATH)
+    real = find_headers(os.uname().release, env={})
+    assert real.found == os.path.isdir(f"/lib/modules/{os.uname().release}/build/include") or \
+        os.path.exists(inventory.KHEADERS_PATH)
+
+
+def _undeclared(sch: dict[str, Any], value: Any, path: str = "status") -> list[str]:
+    """Fields not declared in the schema, and enum/length violations."""
+    bad: list[str] = []
+    if isinstance(value, dict):
+        props = sch.get("properties", {})
+        for key, item in value.items():
+            if key not in props:
+                bad.append(f"{path}.{key} undeclared")
+            else:
+                bad += _undeclared(props[key], item, f"{path}.{key}")
+    elif isinstance(value, list):
+        if "maxItems" in sch and len(value) > sch["maxItems"]:
+            bad.append(f"{path} too long")
+        for i, item in enumerate(value):
+            bad += _undeclared(sch.get("items", {}), item, f"{path}[{i}]")
+    else:
+        if "enum" in sch and value not in sch["enum"]:
+            bad.append(f"{path}={value!r} not in enum")
+        if isinstance(value, str) and (value == "" or len(value) > sch.get("maxLength", 1 << 30)):
+            bad.append(f"{path} empty or too long")
+    return bad
+
+
+def test_status_fits_the_xdpnode_schema(netns_pair) -> None:
+    schema = pytest.importorskip("kube_xdp_api.schema")
+    with Netlink(netns_pair.ns) as nl:
+        inv = probe_node(nl)
+    status = inv.to_status()
+    assert _undeclared(schema.node_status_schema(), status) == []
+    assert status["interfaceCount"] == 2
+    by_name = {i["name"]: i for i in status["interfaces"]}
+    assert by_name[netns_pair.ns_if] == {"name": netns_pair.ns_if, "driver": "veth",
+                                         "modes": ["native", "generic"], "attached": []}
+    extended = inv.to_status(extended=True)
+    assert {i["name"]: i["unknownModes"] for i in extended["interfaces"]} == {"lo": [], netns_pair.ns_if: []}
+
+
+def test_probe_results_are_what_the_kernel_says() -> None:
+    """The dataclass helpers agree with the probes they summarise."""
+    probes = (inventory.ModeProbe("generic", SUPPORTED), inventory.ModeProbe("native", UNKNOWN, "busy"),
+              inventory.ModeProbe("offload", UNSUPPORTED, "no", errno.EINVAL))
+    iface = inventory.InterfaceInventory("eth0", 2, "virtio_net", None, probes)
+    assert iface.modes == ("generic",) and iface.unknown_modes == ("native",)

@@ -1,0 +1,217 @@
+"""Offload rules checked before trying, and attach by policy, on the real kernel (veth).
+
+veth cannot offload: loading a program bound to it fails with EINVAL (and so does
+creating a map bound to it). So on veth:
+- offload preferred, program offloadable      -> native, reason OffloadUnsupported (EINVAL);
+- offload preferred, per-CPU map in the source -> native, reason ProgramNotOffloadable,
+  decided from the source: no device-bound load is even tried;
+- offload required                             -> nothing attached, NoModeAttached.
+The real offload path (netdevsim) is exercised in tests/offload/ inside the lab kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+
+import pytest
+
+from kube_xdp_agent.kernel import CompileRequest, Compiler, Netlink
+from kube_xdp_agent.kernel.errors import AttachError, CompileError, ProgramNotOffloadable
+from kube_xdp_agent.kernel.offload import (
+    NoModeAttached,
+    attach_with_fallback,
+    check_source,
+    in_netns,
+    load_for_offload,
+    loaded_problems,
+    source_problems,
+)
+
+from .conftest import COUNTER_SRC
+
+pytestmark = pytest.mark.kernel
+
+OFFLOADABLE_SRC = r"""
+BPF_ARRAY(hits, u64, 2);   /* netdevsim holds at most 2 entries per map */
+int xdp_hits(struct xdp_md *ctx) {
+    u32 key = 0;
+    u64 *v = hits.lookup(&key);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+    return XDP_PASS;
+}
+"""
+PASS_ONLY_SRC = "int xdp_ok(struct xdp_md *ctx) { return XDP_PASS; }"
+
+
+def hook(netns: str, ifname: str):
+    out = subprocess.run(["ip", "-j", "-d", "-n", netns, "link", "show", ifname],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)[0].get("xdp")
+
+
+# --- the source check (pure) -------------------------------------------------------------
+
+
+def test_per_cpu_map_is_found_in_the_source() -> None:
+    problems = source_problems(COUNTER_SRC)
+    assert [(p.kind, p.name) for p in problems] == [("map", "udp_hits")]
+    line = COUNTER_SRC.splitlines().index(next(x for x in COUNTER_SRC.splitlines() if "udp_hits, u32" in x)) + 1
+    assert problems[0].line == line and "per-CPU" in problems[0].detail
+    with pytest.raises(ProgramNotOffloadable) as info:
+        check_source(COUNTER_SRC, interface="eth0")
+    assert info.value.reason == "ProgramNotOffloadable" and "udp_hits" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("decl", "kind"),
+    [
+        ('BPF_TABLE("lru_hash", u32, u64, m, 2);', "map"),
+        ('BPF_TABLE("percpu_hash", u32, u64, m, 2);', "map"),
+        ("BPF_PERCPU_HASH(m, u32, u64, 2);", "map"),
+        ("BPF_PROG_ARRAY(m, 4);", "map"),
+        ("BPF_DEVMAP(m, 4);", "map"),
+        ("BPF_LPM_TRIE(m, u64, u32, 2);", "map"),
+        ('BPF_F_TABLE("hash", u32, u64, m, 2, BPF_F_NO_PREALLOC);', "map_flags"),
+    ],
+)
+def test_map_kinds_that_cannot_be_offloaded(decl: str, kind: str) -> None:
+    problems = source_problems(decl + "\nint f(struct xdp_md *ctx) { return XDP_PASS; }")
+    assert [(p.kind, p.name) for p in problems] == [(kind, "m")]
+
+
+def test_offloadable_sources_pass() -> None:
+    assert source_problems(OFFLOADABLE_SRC) == []
+    assert source_problems(PASS_ONLY_SRC) == []
+    ok = r"""
+    BPF_HASH(h, u32, u64, 2);
+    BPF_TABLE("array", u32, u64, a, 2);
+    BPF_F_TABLE("hash", u32, u64, f, 2, 0);
+    // BPF_PERCPU_ARRAY(commented, u32, 2); bpf_trace_printk("x");
+    /* BPF_PROG_ARRAY(also_commented, 2);
+       bpf_redirect(1, 0); */
+    int f(struct xdp_md *ctx) {
+        u32 k = bpf_htons(1);
+        h.update(&k, &k);
+        u64 *v = a.lookup(&k);
+        if (v) bpf_map_delete_elem(&h, &k);
+        return bpf_get_prandom_u32() & 1 ? XDP_DROP : XDP_PASS;
+    }
+    """
+    assert source_problems(ok) == []
+
+
+def test_helpers_outside_the_offload_set() -> None:
+    src = r"""
+    BPF_DEVMAP(tx, 4);
+    int f(struct xdp_md *ctx) {
+        bpf_trace_printk("bpf_redirect(1, 0) in a string does not count\n");
+        u64 t = bpf_ktime_get_ns();
+        return tx.redirect_map(0, 0);
+    }
+    """
+    got = {(p.kind, p.name) for p in source_problems(src)}
+    assert got == {("map", "tx"), ("helper", "bpf_trace_printk"), ("helper", "bpf_ktime_get_ns"),
+                   ("helper", "bpf_redirect_map")}
+
+
+def test_loaded_maps_are_checked_exactly(counter_prog) -> None:
+    problems = loaded_problems(counter_prog)
+    assert [(p.kind, p.name) for p in problems] == [("map", "udp_hits")]
+
+
+def test_in_netns_runs_in_that_namespace_only(netns_pair) -> None:
+    here = os.readlink("/proc/thread-self/ns/net")
+    there = in_netns(netns_pair.ns, lambda: os.readlink("/proc/thread-self/ns/net"))
+    want = os.stat(f"/run/netns/{netns_pair.ns}").st_ino
+    assert there == f"net:[{want}]" and there != here
+    assert os.readlink("/proc/thread-self/ns/net") == here
+    with pytest.raises(ZeroDivisionError):  # errors reach the caller
+        in_netns(netns_pair.ns, lambda: 1 // 0)
+
+
+# --- loading for the device, and attach by policy (veth) -----------------------------------
+
+
+def test_device_bound_load_on_veth_is_offload_unsupported(netns_pair, compiler: Compiler) -> None:
+    with Netlink(netns_pair.ns) as nl:
+        # No maps: the program load itself is refused (EINVAL).
+        with pytest.raises(AttachError) as info:
+            load_for_offload(compiler, nl, netns_pair.ns_if, CompileRequest(PASS_ONLY_SRC, "xdp_ok"))
+        assert info.value.reason == "OffloadUnsupported" and info.value.errno == errno.EINVAL
+        # With a map: the map creation is refused first; still the device's fault.
+        with pytest.raises(AttachError) as info:
+            load_for_offload(compiler, nl, netns_pair.ns_if, CompileRequest(OFFLOADABLE_SRC, "xdp_hits"))
+        assert info.value.reason == "OffloadUnsupported"
+        assert isinstance(info.value.__cause__, CompileError)
+        assert "could not open bpf map" in info.value.__cause__.output
+
+
+def test_offload_preferred_on_veth_falls_back_to_native(netns_pair, compiler: Compiler) -> None:
+    req = CompileRequest(OFFLOADABLE_SRC, "xdp_hits")
+    with Netlink(netns_pair.ns) as nl:
+        placed = attach_with_fallback(compiler, nl, netns_pair.ns_if, req, ("offload", "native", "generic"))
+        try:
+            assert placed.mode == "native" and placed.state.attached == "native"
+            assert placed.reason == "OffloadUnsupported"
+            assert placed.refused[0].errno == errno.EINVAL
+            assert "offload" in placed.message and "native" in placed.message
+            assert placed.program.prog_id == placed.state.drv_prog_id
+            assert hook(netns_pair.ns, netns_pair.ns_if)["prog"]["id"] == placed.program.prog_id
+        finally:
+            nl.detach(netns_pair.ns_if, "native", expected_prog_fd=placed.program.prog_fd)
+
+
+def test_per_cpu_program_is_not_offloadable_before_trying(netns_pair, compiler: Compiler, counter_request) -> None:
+    before = set(compiler.cached_keys())
+    with Netlink(netns_pair.ns) as nl:
+        placed = attach_with_fallback(compiler, nl, netns_pair.ns_if, counter_request, ("offload", "native"))
+        try:
+            assert placed.mode == "native" and placed.reason == "ProgramNotOffloadable"
+            assert "udp_hits" in placed.message and "per-CPU" in placed.message
+        finally:
+            nl.detach(netns_pair.ns_if, "native", expected_prog_fd=placed.program.prog_fd)
+    # Only the host program was compiled: no device-bound load was tried.
+    new = set(compiler.cached_keys()) - before
+    assert new <= {compiler.key(counter_request)}
+
+
+@pytest.mark.parametrize(
+    ("source", "entry", "reason"),
+    [(OFFLOADABLE_SRC, "xdp_hits", "OffloadUnsupported"), (COUNTER_SRC, "xdp_count", "ProgramNotOffloadable")],
+    ids=["device-cannot", "program-cannot"],
+)
+def test_offload_required_attaches_nothing(netns_pair, compiler: Compiler, source, entry, reason) -> None:
+    defines = {"COUNT_PORT": "1", "DROP_PORT": "2"} if entry == "xdp_count" else {}
+    with Netlink(netns_pair.ns) as nl:
+        with pytest.raises(NoModeAttached) as info:
+            attach_with_fallback(compiler, nl, netns_pair.ns_if, CompileRequest(source, entry, defines), ("offload",))
+    err = info.value
+    assert err.reason == reason and [r.mode for r in err.refused] == ["offload"]
+    assert netns_pair.ns_if in str(err)
+    assert hook(netns_pair.ns, netns_pair.ns_if) is None
+
+
+def test_generic_only_policy(netns_pair, compiler: Compiler) -> None:
+    req = CompileRequest(OFFLOADABLE_SRC, "xdp_hits")
+    with Netlink(netns_pair.ns) as nl:
+        placed = attach_with_fallback(compiler, nl, netns_pair.ns_if, req, ("generic",))
+        try:
+            assert placed.mode == "generic" and placed.reason is None and placed.message == ""
+            assert hook(netns_pair.ns, netns_pair.ns_if)["mode"] == 2
+        finally:
+            nl.detach(netns_pair.ns_if, "generic", expected_prog_fd=placed.program.prog_fd)
+
+
+def test_native_refused_falls_back_to_generic_on_lo(netns_pair, compiler: Compiler) -> None:
+    req = CompileRequest(PASS_ONLY_SRC, "xdp_ok")
+    with Netlink(netns_pair.ns) as nl:
+        placed = attach_with_fallback(compiler, nl, "lo", req, ("native", "generic"))
+        try:
+            assert placed.mode == "generic" and placed.reason == "DriverModeUnsupported"
+            assert placed.refused[0].errno == errno.EOPNOTSUPP and placed.refused[0].kernel_message
+        finally:
+            nl.detach("lo", "generic", expected_prog_fd=placed.program.prog_fd)
