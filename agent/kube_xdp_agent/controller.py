@@ -20,6 +20,7 @@ import dataclasses
 import datetime
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -38,8 +39,8 @@ from .execute import Executor, IfaceResult
 from .kernel.compile import CompileRequest
 from .kernel.errors import KernelError
 from .observe import observe
-from .plan import plan_attach, plan_cleanup, plan_gc
-from .report import attachment_status
+from .plan import plan_attach, plan_cleanup, plan_gc, plan_repin
+from .report import attachment_status, transition_events
 
 log = logging.getLogger("kube_xdp_agent")
 
@@ -100,6 +101,7 @@ class Agent:
                 with self._lock:
                     for n in list(self.cache):
                         self.queue.put(n)
+                self._collect_orphans()
                 next_resync = time.monotonic() + self.config.resync
                 continue
             if name is None:
@@ -199,6 +201,14 @@ class Agent:
         key = self.builder.key(req)
         digest = key[:12]
         observed = observe(self.netlink, self.pins)
+        repins = plan_repin(program=program, recorded=_recorded(old, program), observed=observed)
+        if repins:
+            done = Executor(self.netlink, self.pins, program=program).run(repins)
+            if done.repinned:
+                self._event(att, "Warning", "PinRepaired",
+                            f"pins of {program} were removed behind kube-xdp's back; re-pinned {', '.join(done.repinned)} "
+                            "from the running program (maps kept)")
+            observed = observe(self.netlink, self.pins)
         compile_info = (old or {}).get("compile") if (old or {}).get("compile", {}).get("digest") == key else None
         if digest not in observed.pins.get(program, {}):
             try:
@@ -227,9 +237,16 @@ class Agent:
             results += [IfaceResult(n, False, reason=missing_reason, message=f"interface {n} not found on this node")
                         for n in d.spec.fields.interfaces.names if n not in present]
         failure = (missing_reason, missing_message) if missing_reason and not results else None
+        before = {i["name"]: i for i in (old or {}).get("interfaces") or []} \
+            if (old or {}).get("observedGeneration") == generation else {}
         for r in results:
             if r.changed:
                 log.info("%s: %s -> program %s in %s mode", att["metadata"]["name"], r.interface, r.prog_id, r.mode)
+                was = before.get(r.interface) or {}
+                if was.get("ready") and r.ok:
+                    self._event(att, "Warning", "DriftRepaired",
+                                f"{r.interface}: program {was.get('progId')} was detached or replaced behind kube-xdp's back; "
+                                f"re-attached program {r.prog_id} in {r.mode} mode")
         return attachment_status(old=old, generation=generation, now=_now(), interfaces=results, failure=failure,
                                  compile_info=compile_info, pin_path=pinned.prog_path, tag=pinned.tag)
 
@@ -314,6 +331,8 @@ class Agent:
     def _write_status(self, att: dict, status: Mapping[str, Any]) -> None:
         if _same(att.get("status") or {}, status):
             return
+        for type_, reason, message in transition_events(att.get("status"), status):
+            self._event(att, type_, reason, message)
         try:
             new = self.custom.patch_cluster_custom_object_status(
                 names.GROUP, names.VERSION, names.ATTACHMENTS, att["metadata"]["name"], {"status": dict(status)})
@@ -324,6 +343,55 @@ class Agent:
         with self._lock:
             if att["metadata"]["name"] in self.cache:
                 self.cache[att["metadata"]["name"]] = new
+
+
+    def _event(self, att: dict, type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about the attachment (low volume: transitions and repairs)."""
+        meta = att["metadata"]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": "default"},
+            "involvedObject": {"apiVersion": names.API_VERSION, "kind": names.ATTACHMENT_KIND,
+                               "name": meta["name"], "uid": meta.get("uid")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": "kube-xdp-agent", "host": self.config.node_name},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event("default", body)
+        except Exception as e:    # an Event is never worth failing a reconcile for
+            log.warning("could not post Event %s for %s: %s", reason, meta["name"], e)
+
+    # -- orphans ---------------------------------------------------------------------
+    def _collect_orphans(self) -> None:
+        """Pinned programs with no attachment on this node (deleted while this agent was
+        down and released by the operator's bound, or left by a crash): detach what is
+        ours and unpin. Only with a complete, current listing."""
+        if not self.synced.is_set():
+            return
+        with self._lock:
+            wanted = {((a.get("spec") or {}).get("programRef") or {}).get("name") for a in self.cache.values()}
+        try:
+            pinned = set(self.pins.list_programs())
+        except KernelError as e:
+            log.warning("cannot list pins: %s", e)
+            return
+        for program in sorted(pinned - wanted):
+            outcome = Executor(self.netlink, self.pins, program=program).run(
+                plan_cleanup(program=program, observed=observe(self.netlink, self.pins)))
+            log.warning("removed orphan program %s (no attachment on this node): detached from %s, unpinned %s",
+                        program, ", ".join(outcome.detached) or "nothing", ", ".join(outcome.unpinned) or "nothing")
+
+
+def _recorded(status: Mapping | None, program: str) -> dict[int, str]:
+    """prog id -> digest12 of `program` as this agent last reported them (its status)."""
+    out = {}
+    for entry in (status or {}).get("interfaces") or []:
+        parts = str(entry.get("pinPath") or "").split("/")
+        if entry.get("progId") and len(parts) >= 4 and parts[-1] == "prog" and parts[-3] == program \
+                and re.fullmatch(r"[0-9a-f]{12}", parts[-2]):
+            out[int(entry["progId"])] = parts[-2]
+    return out
 
 
 def _same(old: Mapping, new: Mapping) -> bool:

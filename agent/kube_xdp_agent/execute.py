@@ -11,7 +11,7 @@ import logging
 from kube_xdp_api import reasons
 
 from .kernel.errors import AttachError, HookBusy, InterfaceNotFound, KernelError
-from .plan import Action, Attach, Conflict, Detach, Keep, Reattach, Replace, Unpin
+from .plan import Action, Attach, Conflict, Detach, Keep, Reattach, Repin, Replace, Unpin
 
 log = logging.getLogger("kube_xdp_agent.execute")
 
@@ -33,6 +33,7 @@ class Outcome:
     detached: list[str]
     unpinned: list[str]
     errors: list[tuple[str, str]]        # (reason, message) of failures outside interfaces
+    repinned: list[str] = dataclasses.field(default_factory=list)
 
 
 class Executor:
@@ -66,6 +67,9 @@ class Executor:
                         action.interface, False, reason=reasons.CONFLICT,
                         message=f"{action.interface} already runs XDP program id {action.prog_id}"
                                 f" ({action.mode or 'unknown'} mode) of {who}; left untouched"))
+                elif isinstance(action, Repin):
+                    self.pins.repin(action.program, action.digest, action.prog_id)
+                    out.repinned.append(f"{action.program}/{action.digest}")
                 elif isinstance(action, Unpin):
                     if action.digest is None and failed_detach:
                         continue          # keep pins while a hook may still hold the program

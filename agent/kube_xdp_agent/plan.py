@@ -89,12 +89,19 @@ class Conflict:
 
 
 @dataclasses.dataclass(frozen=True)
+class Repin:
+    program: str
+    digest: str
+    prog_id: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Unpin:
     program: str
     digest: str | None         # None: the whole program directory
 
 
-Action = Keep | Attach | Replace | Reattach | Detach | Conflict | Unpin
+Action = Keep | Attach | Replace | Reattach | Detach | Conflict | Repin | Unpin
 
 
 def plan_attach(*, program: str, want: str, targets: list[str], modes: tuple[str, ...],
@@ -124,6 +131,19 @@ def plan_attach(*, program: str, want: str, targets: list[str], modes: tuple[str
         if name not in targets and owner is not None and owner[0] == program:
             actions.append(Detach(name, owner[1], hook.mode))
     return actions
+
+
+def plan_repin(*, program: str, recorded: Mapping[int, str], observed: Observed) -> list[Action]:
+    """Pins removed behind our back: `recorded` maps the prog ids this agent last reported
+    for `program` (its own status) to their digest. A recorded program still attached to a
+    hook of this node but no longer pinned is re-pinned (with its maps, contents intact)
+    before anything else is planned, so it is recognised as ours again."""
+    attached = {h.prog_id for h in observed.hooks.values() if h.prog_id}
+    pinned = set(observed.pins.get(program, {}).values())
+    taken = {d for d in observed.pins.get(program, {})}
+    return [Repin(program, digest, prog_id) for prog_id, digest in sorted(recorded.items())
+            if prog_id in attached and prog_id not in pinned and digest not in taken
+            and observed.owner(prog_id) is None]
 
 
 def plan_cleanup(*, program: str, observed: Observed) -> list[Action]:

@@ -91,3 +91,19 @@ def _set3(conditions, generation, now, *, ready, reconciling, stalled):
                                              (cond.STALLED, stalled)):
         conditions = cond.set_condition(conditions, type_, status, reason, message, generation, now)
     return conditions
+
+
+def transition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Events for condition transitions (low volume): Stalled turning True or changing
+    reason -> Warning; Ready turning True -> Normal."""
+    def get(status, type_):
+        return cond.get_condition((status or {}).get("conditions"), type_) or {}
+    out = []
+    old_stalled, new_stalled = get(old, cond.STALLED), get(new, cond.STALLED)
+    if new_stalled.get("status") == cond.TRUE and (old_stalled.get("status") != cond.TRUE
+                                                    or old_stalled.get("reason") != new_stalled.get("reason")):
+        out.append(("Warning", new_stalled.get("reason", "Stalled"), new_stalled.get("message", "")[:1024]))
+    old_ready, new_ready = get(old, cond.READY), get(new, cond.READY)
+    if new_ready.get("status") == cond.TRUE and old_ready.get("status") != cond.TRUE:
+        out.append(("Normal", new_ready.get("reason", "Ready"), new_ready.get("message", "")))
+    return out

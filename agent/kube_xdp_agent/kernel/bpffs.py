@@ -189,6 +189,31 @@ class PinStore:
                                pin_path=path, errno=code) from exc
         return self._read(program, digest12)
 
+    def repin(self, program: str, digest12: str, prog_id: int) -> PinnedProgram:
+        """Pin a program that is running (attached) but lost its pin, with its maps, from
+        the kernel's own objects (by id): map contents survive, unlike a rebuild. Maps are
+        pinned under the kernel's names (at most 15 characters)."""
+        from .compile import LoadedMap, LoadedProgram
+        try:
+            with bpfsys.prog_fd_by_id(prog_id) as fd:
+                info = bpfsys.prog_info(fd.fd)
+                map_fds = [bpfsys.map_fd_by_id(m) for m in info.map_ids]
+                try:
+                    maps = {}
+                    for mfd in map_fds:
+                        minfo = bpfsys.map_info(mfd.fd)
+                        if MAP_NAME_RE.fullmatch(minfo.name or "") and minfo.name not in maps:
+                            maps[minfo.name] = LoadedMap(minfo.name, mfd.fd, minfo)
+                    loaded = LoadedProgram(key=digest12, entrypoint=info.name, prog_fd=fd.fd, prog_id=info.id,
+                                           tag=info.tag, name=info.name, maps=maps, duration_ms=0.0, cache_hit=True)
+                    return self.pin_program(program, digest12, loaded)
+                finally:
+                    for mfd in map_fds:
+                        mfd.close()
+        except BpfSyscallError as exc:
+            raise PinError(f"cannot re-pin program {prog_id} of {program}: {exc}", program=program,
+                           errno=exc.errno) from exc
+
     def unpin(self, program: str, digest12: str | None = None) -> bool:
         """Remove the pins of one digest, or of the whole program; False when none existed."""
         path = self.program_dir(program) if digest12 is None else self.digest_dir(program, digest12)

@@ -602,6 +602,25 @@ class FakePinStore:
             self._pins[(program, digest12)] = (loaded.prog_id, {n: loaded.maps[n].id for n in names})
         return self._read(program, digest12)
 
+    def repin(self, program: str, digest12: str, prog_id: int) -> PinnedProgram:
+        """As PinStore.repin: pin a live program and its maps (kernel names) by id."""
+        final = self.digest_dir(program, digest12)
+        k = self._kernel
+        with k.lock:
+            prog = k.programs.get(prog_id)
+            if prog is None:
+                raise PinError(f"cannot re-pin program {prog_id} of {program}: No such file or directory",
+                               program=program, errno=errno.ENOENT)
+            if (program, digest12) in self._pins:
+                if self._pins[(program, digest12)][0] == prog_id:
+                    return self._read(program, digest12)
+                raise PinError(f"{final} already pins another program: unpin it first", program=program,
+                               pin_path=final)
+            maps = {k.map_infos[m].name: m for m in prog.map_ids.values() if MAP_NAME_RE.fullmatch(k.map_infos[m].name)}
+            prog.holders.add(("pin", self.root, program, digest12))
+            self._pins[(program, digest12)] = (prog_id, maps)
+        return self._read(program, digest12)
+
     def unpin(self, program: str, digest12: str | None = None) -> bool:
         validate_program(program)
         if digest12 is not None:
