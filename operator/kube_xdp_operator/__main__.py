@@ -14,6 +14,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="kubeconfig file (default: $KUBECONFIG, else the in-cluster ServiceAccount)")
     parser.add_argument("--liveness", default=os.environ.get("KUBE_XDP_LIVENESS", "http://0.0.0.0:8080/healthz"),
                         help="liveness endpoint URL, or 'none' (default http://0.0.0.0:8080/healthz)")
+    parser.add_argument("--agent-cleanup-timeout", type=float,
+                        default=float(os.environ.get("KUBE_XDP_AGENT_CLEANUP_TIMEOUT", "600")),
+                        help="seconds a deleted program waits for a down node's agent before releasing it (default 600)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -26,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import handlers
     from .kubeapi import ClusterApi
 
+    handlers.AGENT_CLEANUP_TIMEOUT = args.agent_cleanup_timeout
     handlers.install(ClusterApi.connect(args.kubeconfig))
     kopf.run(clusterwide=True, standalone=True,
              liveness_endpoint=None if args.liveness == "none" else args.liveness)

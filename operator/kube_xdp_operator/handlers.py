@@ -35,6 +35,11 @@ log = logging.getLogger("kube_xdp_operator")
 
 RESYNC_SECONDS = 30.0
 RETRY_SECONDS = 2.0
+# How long a deleted program waits for a node's agent to confirm it detached (the agent
+# may be down). After that the operator releases the agent's finalizer and says so in a
+# Warning Event; the agent removes the program when it returns (orphan cleanup: pinned
+# programs without an attachment on its node are detached and unpinned).
+AGENT_CLEANUP_TIMEOUT = 600.0
 
 
 def _now() -> str:
@@ -153,6 +158,16 @@ class Reconciler:
         return [a for a in list(self.attachments.get(name, [])) if placement.is_owned_by(a, uid)]
 
 
+def _age(timestamp: str | None, now: datetime.datetime) -> float | None:
+    if not timestamp:
+        return None
+    try:
+        then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        return None
+    return (now - then).total_seconds()
+
+
 def _same_status(old: Mapping, new: Mapping) -> bool:
     return {k: v for k, v in old.items() if k in new} == dict(new) and set(new) <= set(old)
 
@@ -238,11 +253,23 @@ async def resync(name: str, program_index, node_index, attachment_index, **_: An
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.PROGRAMS)
-async def program_deleted(name: str, uid: str, program_index, node_index, attachment_index, **_: Any) -> None:
-    """Delete the program's attachments and hold the finalizer until agents released them."""
+async def program_deleted(name: str, uid: str, body: Mapping, program_index, node_index, attachment_index,
+                          **_: Any) -> None:
+    """Delete the program's attachments and hold the finalizer until agents released them
+    (at most AGENT_CLEANUP_TIMEOUT per attachment)."""
     rec = _bound(program_index, node_index, attachment_index)
     await rec.request(name)
     left = rec.owned_attachments(name, uid)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for att in list(left):
+        since = _age(att.get("metadata", {}).get("deletionTimestamp"), now)
+        if since is not None and since > AGENT_CLEANUP_TIMEOUT:
+            node = (att.get("spec") or {}).get("nodeName", "?")
+            await asyncio.to_thread(rec.api.release_attachment, att)
+            kopf.event(body, type="Warning", reason="CleanupAbandoned",
+                       message=f"the agent of node {node} did not confirm detaching within {AGENT_CLEANUP_TIMEOUT:.0f}s; "
+                               "released; it removes the program when it returns")
+            left.remove(att)
     if left:
         nodes = sorted((a.get("spec") or {}).get("nodeName", "?") for a in left)
         raise kopf.TemporaryError(f"waiting for the agents of {len(left)} node(s) to detach: {', '.join(nodes[:10])}",
