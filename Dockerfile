@@ -43,10 +43,11 @@ FROM ${DEBIAN_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Versions come from bookworm (and its security updates) rather than pins: the venv's
-# interpreter must be this python3, and python3-bpfcc must match it.
+# interpreter must be this python3, and python3-bpfcc must match it. `mount` (and
+# coreutils' stat, dash's sh) serve the chart's init container that mounts bpffs.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-bpfcc \
+ && apt-get install -y --no-install-recommends python3 python3-bpfcc mount \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -c "import bcc"
 COPY --from=build /opt/kube-xdp /opt/kube-xdp

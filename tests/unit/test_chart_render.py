@@ -297,7 +297,7 @@ def test_agent_daemonset_defaults() -> None:
     sc = agent["securityContext"]
     assert sc["privileged"] is False and sc["runAsUser"] == 0 and sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE"]}
-    assert "allowPrivilegeEscalation" not in sc      # the API server refuses false with SYS_ADMIN
+    assert sc["allowPrivilegeEscalation"] is False
     mounts = {m["name"]: m for m in agent["volumeMounts"]}
     assert mounts["bpffs"] == {"name": "bpffs", "mountPath": "/sys/fs/bpf", "mountPropagation": "HostToContainer"}
     assert mounts["lib-modules"] == {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True}
