@@ -1,0 +1,143 @@
+"""The kubectl install path against the rig's real API server:
+`kubectl apply --server-side -f crds/`, then an example, then `kubectl get xdpp` with the
+printer columns. The same path is also taken through the Python client (server-side
+apply, and the Table API `kubectl get` itself uses), so it is tested where no kubectl
+binary exists; the kubectl tests skip with the reason then.
+
+The example is applied as shipped with a server-side dry run, and for real under a
+unique name (other tests on the same rig may use the example's own name). The status
+shown in the columns is one the operator's own status code produces, written through the
+status subresource as the operator does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import kubernetes
+import pytest
+import yaml
+
+from kube_xdp_api import names, schema
+from kube_xdp_operator.status import aggregate
+from kube_xdp_rig import apply as applier
+
+pytestmark = pytest.mark.rig
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "udp-drop.yaml"
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(
+    KUBECTL is None, reason="no kubectl binary on PATH (Debian: apt-get install kubernetes-client); "
+                            "the Python-client path below covers the same steps")
+T0 = "2026-01-01T00:00:00Z"
+COLUMNS = [c["name"].upper() for c in schema.program_crd()["spec"]["versions"][0]["additionalPrinterColumns"]]
+
+
+def kubectl(rig, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([KUBECTL, "--kubeconfig", rig.kubeconfig, *args], input=stdin, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
+    return result
+
+
+def renamed_example(name: str) -> str:
+    """The example as shipped, with only metadata.name changed."""
+    text = EXAMPLE.read_text()
+    assert text.count("\n  name: udp-drop\n") == 1
+    return text.replace("\n  name: udp-drop\n", f"\n  name: {name}\n")
+
+
+def write_status(admin, name: str) -> dict:
+    """Give the program a status as the operator would: 2 nodes, one attached natively."""
+    custom = kubernetes.client.CustomObjectsApi(admin)
+    program = custom.get_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, name)
+    generation = program["metadata"]["generation"]
+    ready = {"metadata": {"name": f"{name}.node-1", "generation": 1},
+             "spec": {"nodeName": "node-1", "programGeneration": generation},
+             "status": {"observedGeneration": 1, "interfaces": [{"name": "eth0", "mode": "native"}],
+                        "conditions": [{"type": "Ready", "status": "True", "reason": "Attached", "message": "ok",
+                                        "observedGeneration": 1, "lastTransitionTime": T0}]}}
+    status = aggregate(program, [ready], ["node-1", "node-2"], T0)
+    custom.patch_cluster_custom_object_status(names.GROUP, names.VERSION, names.PROGRAMS, name, {"status": status})
+    return status
+
+
+def delete_program(admin, name: str) -> None:
+    try:
+        kubernetes.client.CustomObjectsApi(admin).delete_cluster_custom_object(
+            names.GROUP, names.VERSION, names.PROGRAMS, name)
+    except kubernetes.client.ApiException as e:
+        if e.status != 404:
+            raise
+
+
+@needs_kubectl
+def test_kubectl_apply_crds_example_and_get_columns(rig, admin) -> None:
+    applied = kubectl(rig, "apply", "--server-side", "-f", str(REPO / "crds"))
+    for crd in schema.all_crds():
+        assert f"customresourcedefinition.apiextensions.k8s.io/{crd['metadata']['name']} serverside-applied" \
+            in applied.stdout
+    kubectl(rig, "wait", "--for=condition=Established", "--timeout=30s", "-f", str(REPO / "crds"))
+
+    dry = kubectl(rig, "apply", "--server-side", "--dry-run=server", "-f", str(EXAMPLE))
+    assert "xdpprogram.kubexdp.io/udp-drop serverside-applied (server dry run)" in dry.stdout
+
+    name = f"kubectl-{uuid.uuid4().hex[:6]}"
+    try:
+        kubectl(rig, "apply", "--server-side", "-f", "-", stdin=renamed_example(name))
+        pending = kubectl(rig, "get", "xdpp", name).stdout.splitlines()
+        assert pending[0].split() == ["NAME"] + [c for c in COLUMNS if c not in ("MODE", "ENTRYPOINT")]
+        assert pending[1].split()[0] == name and len(pending[1].split()) == 2   # no status yet: empty cells, age
+
+        write_status(admin, name)
+        header, row = kubectl(rig, "get", "xdpp", name).stdout.splitlines()
+        assert header.split() == ["NAME", "READY", "REASON", "NODES", "MODES", "AGE"]
+        assert row.split()[:5] == [name, "False", "NodesNotReady", "1/2", "native=1"]
+        header, row = kubectl(rig, "get", "xdpprograms", name, "-o", "wide").stdout.splitlines()
+        assert header.split()[-2:] == ["MODE", "ENTRYPOINT"] and row.split()[-2:] == ["native", "xdp_udp_drop"]
+        # the category lists it with the attachments and nodes
+        assert name in kubectl(rig, "get", names.CATEGORY).stdout
+    finally:
+        delete_program(admin, name)
+
+
+@needs_kubectl
+def test_kubectl_refuses_an_invalid_program(rig, admin) -> None:
+    """The path can fail: the API server's schema refuses a bad mode through kubectl too."""
+    kubectl(rig, "apply", "--server-side", "-f", str(REPO / "crds"))
+    bad = renamed_example(f"kubectl-bad-{uuid.uuid4().hex[:6]}").replace("mode: native", "mode: turbo")
+    result = subprocess.run([KUBECTL, "--kubeconfig", rig.kubeconfig, "apply", "--server-side", "-f", "-"],
+                            input=bad, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "spec.mode" in result.stderr
+
+
+def test_python_client_path_and_table_columns(rig, admin) -> None:
+    """Server-side apply of crds/ and the example with the Python client, then the Table
+    the server renders for `kubectl get` (Accept: as=Table), with the printer columns."""
+    applier.apply(admin, applier.load_yaml(REPO / "crds"))
+    name = f"python-{uuid.uuid4().hex[:6]}"
+    (doc,) = [d for d in yaml.safe_load_all(renamed_example(name)) if d]
+    try:
+        applier.apply(admin, [doc])
+        write_status(admin, name)
+        request = admin.param_serialize(
+            "GET", f"/apis/{names.GROUP}/{names.VERSION}/{names.PROGRAMS}/{name}",
+            header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}, auth_settings=["BearerToken"])
+        raw = admin.call_api(*request)
+        raw.read()
+        assert raw.status == 200
+        response = json.loads(raw.data)
+        assert response["kind"] == "Table"
+        columns = [c["name"] for c in response["columnDefinitions"]]
+        assert columns == ["Name", "Ready", "Reason", "Nodes", "Modes", "Age", "Mode", "Entrypoint"]
+        cells = dict(zip(columns, response["rows"][0]["cells"]))
+        assert (cells["Name"], cells["Ready"], cells["Reason"], cells["Nodes"], cells["Modes"]) == \
+            (name, "False", "NodesNotReady", "1/2", "native=1")
+        assert (cells["Mode"], cells["Entrypoint"]) == ("native", "xdp_udp_drop")
+    finally:
+        delete_program(admin, name)
