@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import kubernetes
 from kubernetes.client.rest import ApiException
 
 from kube_xdp_api import names
+from kube_xdp_rig.workloads import wait_for
 
 # iproute2's JSON "xdp.mode": XDP_ATTACHED_* from the UAPI
 IP_XDP_MODES = {0: None, 1: "native", 2: "generic", 3: "offload", 4: "multi"}
@@ -130,14 +130,11 @@ class Cluster:
 
 
 def wait(predicate, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+    """Poll `predicate` until truthy (AssertionError on timeout, as a test failure)."""
+    try:
+        return wait_for(predicate, timeout, what, interval)
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from None
 
 
 def kernel_xdp(netns: str, ifname: str) -> tuple[str | None, int | None]:

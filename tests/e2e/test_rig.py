@@ -14,6 +14,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from kube_xdp_rig import netns as rig_netns
+from kube_xdp_rig.apply import wait_established
 from kube_xdp_rig import traffic
 from kube_xdp_rig.config import ConfigError, RigConfig
 from kube_xdp_rig.controlplane import RigError
@@ -69,7 +70,7 @@ def test_custom_object_round_trips_with_status(admin):
         if e.status != 409:
             raise
     custom = kubernetes.client.CustomObjectsApi(admin)
-    _wait_established(ext, crd["metadata"]["name"])
+    wait_established(admin, crd["metadata"]["name"])
     name = f"w-{uuid.uuid4().hex[:6]}"
     custom.create_cluster_custom_object("rigtest.kubexdp.io", "v1", "widgets",
                                         {"apiVersion": "rigtest.kubexdp.io/v1", "kind": "Widget",
@@ -83,17 +84,6 @@ def test_custom_object_round_trips_with_status(admin):
                                              "metadata": {"name": name + "x"}, "spec": {"size": 11}})
     assert invalid.value.status == 422
     custom.delete_cluster_custom_object("rigtest.kubexdp.io", "v1", "widgets", name)
-
-
-def _wait_established(ext, name, timeout=20):
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        crd = ext.read_custom_resource_definition(name)
-        if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"CRD {name} not established")
 
 
 def test_nodes_carry_their_labels(rig, admin):
