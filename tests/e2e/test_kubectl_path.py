@@ -5,9 +5,11 @@ apply, and the Table API `kubectl get` itself uses), so it is tested where no ku
 binary exists; the kubectl tests skip with the reason then.
 
 The example is applied as shipped with a server-side dry run, and for real under a
-unique name (other tests on the same rig may use the example's own name). The status
-shown in the columns is one the operator's own status code produces, written through the
-status subresource as the operator does.
+unique name with a node selector that matches no node (other tests on the same rig may
+use the example's name, and the session's operator and agents may be running: the
+program must not land on a node). Its status is the one the operator's own status code
+computes for it (NoNodesSelected), written through the status subresource; a running
+operator writes the same values, so the columns are the same whoever wrote them.
 """
 
 from __future__ import annotations
@@ -46,25 +48,23 @@ def kubectl(rig, *args: str, stdin: str | None = None) -> subprocess.CompletedPr
 
 
 def renamed_example(name: str) -> str:
-    """The example as shipped, with only metadata.name changed."""
+    """The example as shipped, with only metadata.name changed and placed on no node."""
     text = EXAMPLE.read_text()
-    assert text.count("\n  name: udp-drop\n") == 1
-    return text.replace("\n  name: udp-drop\n", f"\n  name: {name}\n")
+    assert text.count("\n  name: udp-drop\n") == 1 and text.count("\nspec:\n") == 1
+    text = text.replace("\n  name: udp-drop\n", f"\n  name: {name}\n")
+    return text.replace("\nspec:\n", "\nspec:\n  nodeSelector:\n    matchLabels:\n      kubexdp.io/no-such-node: \"true\"\n")
 
 
 def write_status(admin, name: str) -> dict:
-    """Give the program a status as the operator would: 2 nodes, one attached natively."""
+    """The status the operator computes for a program that selects no node."""
     custom = kubernetes.client.CustomObjectsApi(admin)
     program = custom.get_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, name)
-    generation = program["metadata"]["generation"]
-    ready = {"metadata": {"name": f"{name}.node-1", "generation": 1},
-             "spec": {"nodeName": "node-1", "programGeneration": generation},
-             "status": {"observedGeneration": 1, "interfaces": [{"name": "eth0", "mode": "native"}],
-                        "conditions": [{"type": "Ready", "status": "True", "reason": "Attached", "message": "ok",
-                                        "observedGeneration": 1, "lastTransitionTime": T0}]}}
-    status = aggregate(program, [ready], ["node-1", "node-2"], T0)
+    status = aggregate(program, [], [], T0)
     custom.patch_cluster_custom_object_status(names.GROUP, names.VERSION, names.PROGRAMS, name, {"status": status})
     return status
+
+
+ROW = ["True", "NoNodesSelected", "0/0", "none"]    # Ready, Reason, Nodes, Modes
 
 
 def delete_program(admin, name: str) -> None:
@@ -90,14 +90,11 @@ def test_kubectl_apply_crds_example_and_get_columns(rig, admin) -> None:
     name = f"kubectl-{uuid.uuid4().hex[:6]}"
     try:
         kubectl(rig, "apply", "--server-side", "-f", "-", stdin=renamed_example(name))
-        pending = kubectl(rig, "get", "xdpp", name).stdout.splitlines()
-        assert pending[0].split() == ["NAME"] + [c for c in COLUMNS if c not in ("MODE", "ENTRYPOINT")]
-        assert pending[1].split()[0] == name and len(pending[1].split()) == 2   # no status yet: empty cells, age
-
         write_status(admin, name)
         header, row = kubectl(rig, "get", "xdpp", name).stdout.splitlines()
+        assert header.split() == ["NAME"] + [c for c in COLUMNS if c not in ("MODE", "ENTRYPOINT")]
         assert header.split() == ["NAME", "READY", "REASON", "NODES", "MODES", "AGE"]
-        assert row.split()[:5] == [name, "False", "NodesNotReady", "1/2", "native=1"]
+        assert row.split()[:5] == [name, *ROW]
         header, row = kubectl(rig, "get", "xdpprograms", name, "-o", "wide").stdout.splitlines()
         assert header.split()[-2:] == ["MODE", "ENTRYPOINT"] and row.split()[-2:] == ["native", "xdp_udp_drop"]
         # the category lists it with the attachments and nodes
@@ -136,8 +133,7 @@ def test_python_client_path_and_table_columns(rig, admin) -> None:
         columns = [c["name"] for c in response["columnDefinitions"]]
         assert columns == ["Name", "Ready", "Reason", "Nodes", "Modes", "Age", "Mode", "Entrypoint"]
         cells = dict(zip(columns, response["rows"][0]["cells"]))
-        assert (cells["Name"], cells["Ready"], cells["Reason"], cells["Nodes"], cells["Modes"]) == \
-            (name, "False", "NodesNotReady", "1/2", "native=1")
+        assert [cells["Name"], cells["Ready"], cells["Reason"], cells["Nodes"], cells["Modes"]] == [name, *ROW]
         assert (cells["Mode"], cells["Entrypoint"]) == ("native", "xdp_udp_drop")
     finally:
         delete_program(admin, name)
