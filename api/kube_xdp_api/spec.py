@@ -11,6 +11,8 @@ here, plus the rules a v1.20 structural schema cannot express:
 - `inline` is at most 65536 UTF-8 *bytes* (the schema's maxLength counts characters);
 - selector operators and their values (`In`/`NotIn` need values, `Exists`/`DoesNotExist`
   forbid them): Kubernetes' own rule, needs conditionals the schema cannot hold.
+- what a source may make the preprocessor read (`source_file_access`: only
+  `#include <relative/path.h>`, see docs/api.md "What a source may include").
 
 A broken rule raises `SpecError(reason, message)` with a stable reason from reasons.py:
 `InvalidDefine` for defines, `InvalidSpec` for everything else. Unknown fields are
@@ -155,7 +157,145 @@ def check_inline_source(text: object, path: str = "source") -> str:
         raise SpecError(reasons.INVALID_SPEC, f"{path}: {size} bytes, at most {INLINE_SOURCE_MAX_BYTES}")
     if "\x00" in text:
         raise SpecError(reasons.INVALID_SPEC, f"{path}: contains a NUL character")
+    problem = source_file_access(text)
+    if problem:
+        raise SpecError(reasons.INVALID_SPEC, f"{path}: {problem}")
     return text
+
+
+# --- What a source may make the preprocessor read ---------------------------------------
+# The agent compiles as root on the node: the preprocessor must read nothing but headers
+# under the compiler's include directories (the kernel headers and bcc's own). The rule:
+#   - `#include <relative/path.h>` only: a header name of [A-Za-z0-9_.+-] components joined
+#     by '/', no component starting with '.', no '..' anywhere, no leading '/';
+#   - never `#include "..."` (a quoted name is searched in the source's and the compiler's
+#     working directory first), never a computed include (`#include MACRO`), never
+#     `#include_next`, `#import`, `#embed`;
+#   - `__has_include(<relative/path.h>)` under the same rule; `__has_include_next`,
+#     `__has_embed` never; `#pragma GCC dependency` and `#pragma clang module` never.
+# Checked on the source as clang sees it: backslash-newlines spliced (also with blanks
+# between backslash and newline, which clang accepts), comments removed (a comment may
+# sit between '#' and 'include', and a multi-line comment may hide a line start), the
+# digraph '%:' read as '#', string and character literals skipped; and again with
+# trigraphs replaced (clang ignores them in its default gnu mode; another mode might not).
+# Conservative: a directive inside `#if 0` is checked too.
+HEADER_NAME = r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*(/[A-Za-z0-9_+-][A-Za-z0-9_.+-]*)*"
+HEADER_NAME_MAX = 255
+_INCLUDE_DIRECTIVES = ("include", "include_next", "import", "embed")
+_HAS_INCLUDE = ("__has_include", "__has_include_next", "__has_embed")
+_TRIGRAPHS = {"??=": "#", "??/": "\\", "??'": "^", "??(": "[", "??)": "]", "??!": "|", "??<": "{", "??>": "}",
+              "??-": "~"}
+_SPLICE = re.compile(r"\\[ \t\f\v]*(\r\n|\n|\r)")
+_TOKEN = re.compile(
+    r"(?P<nl>\r\n|\n|\r)|(?P<ws>[ \t\f\v]+)|(?P<lc>//[^\r\n]*)|(?P<bc>/\*(?s:.*?)(\*/|\Z))"
+    r"|(?P<str>\"(\\.|[^\"\\\r\n])*(\"|(?=[\r\n])|\Z))|(?P<chr>'(\\.|[^'\\\r\n])*('|(?=[\r\n])|\Z))"
+    r"|(?P<id>[A-Za-z_][A-Za-z0-9_]*)|(?P<hash>%:|#)|(?P<other>.)"
+)
+
+
+def source_file_access(text: str) -> str | None:
+    """None when `text` makes the preprocessor read only headers allowed by the rule
+    above; else what breaks it, with the line number (user text only, never a file's)."""
+    if not any(s in text for s in ("#", "%:", "__has_", "??")):
+        return None
+    problem = _scan_source(_SPLICE.sub("", text))
+    if problem is None and "??" in text:
+        replaced = re.sub(r"\?\?[=/'()!<>-]", lambda m: _TRIGRAPHS[m.group(0)], text)
+        problem = _scan_source(_SPLICE.sub("", replaced))
+        if problem:
+            problem += " (read with trigraphs)"
+    return problem
+
+
+def _scan_source(text: str) -> str | None:
+    pos, line, line_start, n = 0, 1, True, len(text)
+
+    def skip_blank(p: int) -> int:
+        """Skip blanks and comments on the current logical line (a block comment is a space)."""
+        nonlocal line
+        while p < n:
+            m = _TOKEN.match(text, p)
+            kind = m.lastgroup
+            if kind in ("ws", "lc", "bc"):
+                line += m.group(0).count("\n")
+                p = m.end()
+            else:
+                break
+        return p
+
+    def header_at(p: int, what: str) -> tuple[int, str | None]:
+        """A `<header>` at p: (end, problem or None)."""
+        if p >= n or text[p] != "<":
+            word = text[p:p + 40].split("\n", 1)[0]
+            kind = "a quoted name" if word.startswith('"') else "a computed (macro) name"
+            return p, f"line {line}: {what} {word} uses {kind}: only <relative/path.h> is allowed"
+        end = text.find(">", p + 1)
+        stop = text.find("\n", p + 1)
+        if end < 0 or (0 <= stop < end):
+            return p + 1, f"line {line}: {what} has no closing '>'"
+        name = text[p + 1:end]
+        if len(name) > HEADER_NAME_MAX or not re.fullmatch(HEADER_NAME, name) or ".." in name:
+            return end + 1, (f"line {line}: {what} <{name[:80]}>: a header name must be a relative path of"
+                             " [A-Za-z0-9_.+-] components without '..' or a leading '/'")
+        return end + 1, None
+
+    while pos < n:
+        m = _TOKEN.match(text, pos)
+        kind, token = m.lastgroup, m.group(0)
+        if kind == "nl":
+            line, line_start = line + 1, True
+            pos = m.end()
+            continue
+        if kind in ("ws", "lc"):
+            pos = m.end()
+            continue
+        if kind == "bc":
+            if "\n" in token:      # conservative: what follows may be read as a line start
+                line += token.count("\n")
+                line_start = True
+            pos = m.end()
+            continue
+        if kind == "hash" and line_start:
+            line_start = False
+            p = skip_blank(m.end())
+            d = _TOKEN.match(text, p) if p < n else None
+            if d is None or d.lastgroup != "id":
+                pos = p
+                continue
+            name = d.group(0)
+            what = f"#{name}"
+            if name in _INCLUDE_DIRECTIVES:
+                if name != "include":
+                    return f"line {line}: {what} is not allowed: only #include <relative/path.h>"
+                pos, problem = header_at(skip_blank(d.end()), what)
+                if problem:
+                    return problem
+                continue
+            if name == "pragma":
+                eol = text.find("\n", d.end())
+                rest = text[d.end():eol if eol >= 0 else n]
+                words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", rest)[:2]
+                if len(words) == 2 and words[0] in ("GCC", "clang") and words[1] in ("dependency", "module"):
+                    return f"line {line}: #pragma {words[0]} {words[1]} is not allowed: it makes the compiler read files"
+            pos = d.end()
+            continue
+        line_start = False
+        if kind == "id" and token in _HAS_INCLUDE:
+            if token != "__has_include":
+                return f"line {line}: {token} is not allowed: only __has_include(<relative/path.h>)"
+            p = skip_blank(m.end())
+            if p >= n or text[p] != "(":
+                return f"line {line}: __has_include must be followed by (<relative/path.h>)"
+            p, problem = header_at(skip_blank(p + 1), "__has_include")
+            if problem:
+                return problem
+            p = skip_blank(p)
+            if p >= n or text[p] != ")":
+                return f"line {line}: __has_include(<...>) is not closed"
+            pos = p + 1
+            continue
+        pos = m.end()
+    return None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Compile and load XDP programs with bcc, with an in-process cache keyed by compile key.
 
 Flow of `Compiler.load(req)`:
-1. validate the request (define names/values, entrypoint, device, no NUL in the source)
+1. validate the request (define names/values, entrypoint, device, no NUL in the source,
+   only the header names kube_xdp_api.spec.source_file_access allows)
    and raise InvalidDefine / EntrypointNotFound before bcc is called;
 2. look the compile key up in the in-process cache: a hit returns a view of the same
    loaded program (same prog fd and id) with `cache_hit=True` and its lookup time;
@@ -64,6 +65,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from kube_xdp_api import spec as api_spec
+
 from . import bpfsys, btf
 from .errors import (
     BpfSyscallError,
@@ -117,6 +120,12 @@ def validate_defines(defines: Mapping[str, str]) -> None:
             raise InvalidDefine(
                 f"define {name} has value {value!r}: only A-Z a-z 0-9 _ . + - are allowed, at most 128"
             )
+        # The API's stricter rule too (kube_xdp_api.spec): '-' leads only before a digit or
+        # '.', never '..'; one source of truth with the operator's validator.
+        if not re.fullmatch(api_spec.DEFINE_VALUE, value) or re.search(api_spec.DEFINE_VALUE_FORBIDDEN, value):
+            raise InvalidDefine(
+                f"define {name} has value {value!r}: a leading '-' only before a digit or '.', and no '..'"
+            )
 
 
 def validate_request(req: CompileRequest) -> None:
@@ -128,6 +137,9 @@ def validate_request(req: CompileRequest) -> None:
         raise CompileError(f"offload device {req.device!r} is not an interface name")
     if "\0" in req.source:
         raise CompileError("the source contains a NUL byte")
+    problem = api_spec.source_file_access(req.source)   # the shared rule (docs/api.md)
+    if problem:
+        raise CompileError(f"refused before compiling: {problem}", reason="InvalidSpec")
 
 
 def compile_key(req: CompileRequest, kernel_release: str, bcc_version: str) -> str:
