@@ -39,7 +39,7 @@ from .execute import Executor, IfaceResult
 from .kernel.compile import CompileRequest
 from .kernel.errors import KernelError
 from .observe import observe
-from .plan import plan_attach, plan_cleanup, plan_gc, plan_repin
+from .plan import Rank, plan_attach, plan_cleanup, plan_gc, plan_repin
 from .report import attachment_status, transition_events
 
 log = logging.getLogger("kube_xdp_agent")
@@ -205,7 +205,7 @@ class Agent:
         if repins:
             done = Executor(self.netlink, self.pins, program=program).run(repins)
             if done.repinned:
-                self._event(att, "Warning", "PinRepaired",
+                self._event(att, "Warning", reasons.PIN_REPAIRED,
                             f"pins of {program} were removed behind kube-xdp's back; re-pinned {', '.join(done.repinned)} "
                             "from the running program (maps kept)")
             observed = observe(self.netlink, self.pins)
@@ -227,7 +227,10 @@ class Agent:
 
         targets, missing_reason, missing_message = resolve_interfaces(
             d.spec.fields.interfaces, sorted(observed.hooks), observed.primary)
-        actions = plan_attach(program=program, want=digest, targets=targets, modes=d.modes, observed=observed)
+        rank, rivals = self._ranks(att, d)
+        held = frozenset(i["name"] for i in (old or {}).get("interfaces") or [] if i.get("ready") and i.get("progId"))
+        actions = plan_attach(program=program, want=digest, targets=targets, modes=d.modes, observed=observed,
+                              rank=rank, rivals=rivals, take_over=d.spec.fields.take_over, held=held)
         executor = Executor(self.netlink, self.pins, program=program, want=digest, want_id=pinned.prog_id)
         outcome = executor.run(actions)
         executor.run(plan_gc(program=program, keep=digest, observed=observe(self.netlink, self.pins)))
@@ -243,12 +246,48 @@ class Agent:
             if r.changed:
                 log.info("%s: %s -> program %s in %s mode", att["metadata"]["name"], r.interface, r.prog_id, r.mode)
                 was = before.get(r.interface) or {}
-                if was.get("ready") and r.ok:
-                    self._event(att, "Warning", "DriftRepaired",
+                if r.replaced:
+                    self._takeover_event(att, r, was, rank, rivals)
+                elif was.get("ready") and r.ok:
+                    self._event(att, "Warning", reasons.DRIFT_REPAIRED,
                                 f"{r.interface}: program {was.get('progId')} was detached or replaced behind kube-xdp's back; "
                                 f"re-attached program {r.prog_id} in {r.mode} mode")
         return attachment_status(old=old, generation=generation, now=_now(), interfaces=results, failure=failure,
                                  compile_info=compile_info, pin_path=pinned.prog_path, tag=pinned.tag)
+
+    def _ranks(self, att: dict, d: Desired) -> tuple[Rank, dict[str, Rank]]:
+        """This program's rank and the other XdpPrograms' with an attachment on this node
+        (plan.Rank: priority, then the older attachment, then the name)."""
+        with self._lock:
+            others = list(self.cache.values())
+        rivals: dict[str, Rank] = {}
+        for a in others:
+            spec = a.get("spec") or {}
+            name = (spec.get("programRef") or {}).get("name")
+            if not name or name == d.program:
+                continue
+            priority = spec.get("priority", 500)
+            rivals[name] = Rank(priority if type(priority) is int else 500,
+                                str(a["metadata"].get("creationTimestamp") or ""), name)
+        return Rank(d.spec.fields.priority, str(att["metadata"].get("creationTimestamp") or ""), d.program), rivals
+
+    def _takeover_event(self, att: dict, r: IfaceResult, was: dict, rank: Rank, rivals: dict[str, Rank]) -> None:
+        prog_id, owner, why = r.replaced
+        whose = f"XdpProgram {owner}" if owner else "a program not managed by kube-xdp"
+        if why == "drift":
+            self._event(att, "Warning", reasons.DRIFT_REPAIRED,
+                        f"{r.interface}: program {prog_id} ({whose}) replaced ours (program {was.get('progId', '?')}) "
+                        f"behind kube-xdp's back; replaced it atomically with program {r.prog_id} in {r.mode} mode")
+        elif why == "takeOver":
+            self._event(att, "Normal", reasons.TOOK_OVER,
+                        f"{r.interface}: took over from program {prog_id} ({whose}) as spec.takeOver allows: "
+                        f"atomic replace with program {r.prog_id} in {r.mode} mode")
+        else:
+            rival = rivals.get(owner or "")
+            self._event(att, "Normal", reasons.TOOK_OVER,
+                        f"{r.interface}: took over from {whose} (program {prog_id}, priority "
+                        f"{rival.priority if rival else '?'}) with priority {rank.priority}: atomic replace with "
+                        f"program {r.prog_id} in {r.mode} mode")
 
     @staticmethod
     def _still_attached(program: str, observed, reason: str) -> list[IfaceResult]:

@@ -11,7 +11,7 @@ import logging
 from kube_xdp_api import reasons
 
 from .kernel.errors import AttachError, HookBusy, InterfaceNotFound, KernelError
-from .plan import Action, Attach, Conflict, Detach, Keep, Reattach, Repin, Replace, Unpin
+from .plan import Action, Attach, Conflict, Detach, Keep, Reattach, Repin, Replace, Takeover, Unpin
 
 log = logging.getLogger("kube_xdp_agent.execute")
 
@@ -25,6 +25,7 @@ class IfaceResult:
     reason: str | None = None           # failure, or why the preferred mode was not used
     message: str = ""
     changed: bool = False               # the hook was written
+    replaced: tuple | None = None       # (prog id, owner or None, why) of a program taken over
 
 
 @dataclasses.dataclass
@@ -63,10 +64,14 @@ class Executor:
                     out.detached.append(action.interface)
                 elif isinstance(action, Conflict):
                     who = f"XdpProgram {action.owner}" if action.owner else "a program not managed by kube-xdp"
+                    why = f": {action.detail}" if action.detail else (
+                        "" if action.owner else " (spec.takeOver: true would replace it)")
                     out.interfaces.append(IfaceResult(
                         action.interface, False, reason=reasons.CONFLICT,
                         message=f"{action.interface} already runs XDP program id {action.prog_id}"
-                                f" ({action.mode or 'unknown'} mode) of {who}; left untouched"))
+                                f" ({action.mode or 'unknown'} mode) of {who}; left untouched{why}"))
+                elif isinstance(action, Takeover):
+                    out.interfaces.append(self._takeover(action))
                 elif isinstance(action, Repin):
                     self.pins.repin(action.program, action.digest, action.prog_id)
                     out.repinned.append(f"{action.program}/{action.digest}")
@@ -112,6 +117,17 @@ class Executor:
                 self.pins.open_prog_fd(self.program, action.old_digest) as old:
             state = self.netlink.attach(action.interface, new.fd, action.mode, expected_prog_fd=old.fd)
         return self._verified(action.interface, state, action.mode, changed=True)
+
+    def _takeover(self, action: Takeover) -> IfaceResult:
+        """Atomic REPLACE of a program that is not ours: if the hook no longer holds
+        `action.prog_id`, the kernel refuses (HookBusy / AttachFailed) and nothing changes."""
+        assert self.want is not None
+        with self.pins.open_prog_fd(self.program, self.want) as new, self.pins.open_prog_id(action.prog_id) as old:
+            state = self.netlink.attach(action.interface, new.fd, action.mode, expected_prog_fd=old.fd)
+        res = self._verified(action.interface, state, action.mode, changed=True)
+        if res.ok:
+            res.replaced = (action.prog_id, action.owner, action.why)
+        return res
 
     def _detach(self, iface: str, digest: str, mode: str) -> None:
         with self.pins.open_prog_fd(self.program, digest) as fd:

@@ -12,8 +12,16 @@ Per target interface (the program's wanted digest is `want`):
   expected fd, same mode: no moment without a program); if that mode is no longer
   allowed, Reattach;
 - empty                                          -> Attach, trying the modes in order;
-- any other program (another XdpProgram's, or a foreign one) -> Conflict, untouched.
-Interfaces carrying this program but no longer targeted -> Detach.
+- another XdpProgram's program -> Takeover (atomic REPLACE with that program as the
+  expected one, same mode) when this program outranks it (`Rank`: higher
+  spec.priority; a tie goes to the older attachment on this node, then the lower name),
+  else Conflict, untouched;
+- a program not managed by kube-xdp (foreign) -> Conflict, untouched; except Takeover
+  (atomic, same mode) when the spec allows it (`take_over`, spec.takeOver) or when this
+  attachment last reported the interface ready with its own program (`held`): a foreign
+  program that replaced ours behind our back is drift, repaired.
+A takeover needing a mode the spec does not allow is a Conflict (a mode change cannot
+be atomic). Interfaces carrying this program but no longer targeted -> Detach.
 """
 
 from __future__ import annotations
@@ -86,6 +94,30 @@ class Conflict:
     prog_id: int
     mode: str | None
     owner: str | None          # another XdpProgram's name, or None for a foreign program
+    detail: str = ""           # why it is not taken over (priority, mode)
+
+
+@dataclasses.dataclass(frozen=True)
+class Takeover:
+    """Replace, atomically, a program that is not this program's: REPLACE with `prog_id`
+    as the expected program, in its mode."""
+    interface: str
+    prog_id: int
+    mode: str
+    owner: str | None          # the XdpProgram it belongs to, None for a foreign program
+    why: str                   # 'priority' | 'takeOver' | 'drift'
+
+
+@dataclasses.dataclass(frozen=True)
+class Rank:
+    """Who wins an interface two XdpPrograms select: higher priority; a tie goes to the
+    older attachment on this node (RFC 3339 creationTimestamp), then the lower name."""
+    priority: int
+    created: str
+    name: str
+
+    def outranks(self, other: "Rank") -> bool:
+        return (-self.priority, self.created or "~", self.name) < (-other.priority, other.created or "~", other.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,12 +133,17 @@ class Unpin:
     digest: str | None         # None: the whole program directory
 
 
-Action = Keep | Attach | Replace | Reattach | Detach | Conflict | Repin | Unpin
+Action = Keep | Attach | Replace | Reattach | Detach | Conflict | Takeover | Repin | Unpin
 
 
 def plan_attach(*, program: str, want: str, targets: list[str], modes: tuple[str, ...],
-                observed: Observed) -> list[Action]:
-    """Actions that put digest `want` of `program` on exactly `targets`."""
+                observed: Observed, rank: Rank | None = None, rivals: Mapping[str, Rank] | None = None,
+                take_over: bool = False, held: frozenset[str] | set[str] = frozenset()) -> list[Action]:
+    """Actions that put digest `want` of `program` on exactly `targets`.
+
+    `rank` is this program's, `rivals` the other XdpPrograms' with an attachment on this
+    node; `take_over` is spec.takeOver; `held` the interfaces this attachment last reported
+    ready with its own program (its status)."""
     want_id = observed.pins.get(program, {}).get(want)
     actions: list[Action] = []
     for name in targets:
@@ -125,12 +162,36 @@ def plan_attach(*, program: str, want: str, targets: list[str], modes: tuple[str
             else:
                 actions.append(Reattach(name, owner[1], hook.mode, modes))
         else:
-            actions.append(Conflict(name, hook.prog_id, hook.mode, owner[0] if owner else None))
+            actions.append(_contest(name, hook, owner[0] if owner else None, modes, rank, rivals or {},
+                                    take_over, name in held))
     for name, hook in sorted(observed.hooks.items()):
         owner = observed.owner(hook.prog_id)
         if name not in targets and owner is not None and owner[0] == program:
             actions.append(Detach(name, owner[1], hook.mode))
     return actions
+
+
+def _contest(name: str, hook: Hook, other: str | None, modes: tuple[str, ...], rank: Rank | None,
+             rivals: Mapping[str, Rank], take_over: bool, held: bool) -> Action:
+    """A hook holding a program that is not this program's: take it over, or Conflict."""
+    assert hook.prog_id is not None
+    if other is not None:
+        rival = rivals.get(other)
+        if rank is None or rival is None:
+            return Conflict(name, hook.prog_id, hook.mode, other)
+        if not rank.outranks(rival):
+            return Conflict(name, hook.prog_id, hook.mode, other,
+                            f"it outranks this program (priority {rival.priority} vs {rank.priority}; "
+                            "a tie goes to the older)")
+        why = "priority"
+    elif take_over or held:
+        why = "takeOver" if take_over else "drift"
+    else:
+        return Conflict(name, hook.prog_id, hook.mode, None)
+    if hook.mode not in modes:
+        return Conflict(name, hook.prog_id, hook.mode, other,
+                        f"taking it over would need {hook.mode} mode, which spec.mode/fallback do not allow")
+    return Takeover(name, hook.prog_id, hook.mode, other, why)
 
 
 def plan_repin(*, program: str, recorded: Mapping[int, str], observed: Observed) -> list[Action]:

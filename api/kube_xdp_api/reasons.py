@@ -53,6 +53,12 @@ ATTACH_FAILED = "AttachFailed"
 PIN_FAILED = "PinFailed"
 DETACH_FAILED = "DetachFailed"
 
+# --- Events (agent and operator): repairs and hand-overs ------------------------------
+DRIFT_REPAIRED = "DriftRepaired"
+PIN_REPAIRED = "PinRepaired"
+TOOK_OVER = "TookOver"
+CLEANUP_ABANDONED = "CleanupAbandoned"
+
 CATALOGUE: dict[str, str] = {
     READY: "Every selected node runs the program as asked (XdpProgram).",
     ATTACHED: "The program is attached to every selected interface and read back (XdpAttachment).",
@@ -72,12 +78,16 @@ CATALOGUE: dict[str, str] = {
     VERIFIER_REJECTED: "The kernel verifier refused the program; the message holds the verifier log (trimmed).",
     INTERFACE_NOT_FOUND: "An interface named in spec.interfaces.names does not exist on the node.",
     NO_INTERFACES_MATCHED: "spec.interfaces (pattern or primary) matches no interface on the node.",
-    CONFLICT: "Another XdpProgram with a higher priority (or the same priority, older) holds the interface.",
-    HOOK_BUSY: "The interface's XDP hook holds a program kube-xdp does not own; it is never replaced.",
+    CONFLICT: "The interface holds another program: an XdpProgram that outranks this one, or a foreign one (kept unless spec.takeOver).",
+    HOOK_BUSY: "The interface's XDP hook changed under an attach or detach (another program is on it); left as it is.",
     DRIVER_MODE_UNSUPPORTED: "The driver refused the mode and every allowed fallback mode.",
     ATTACH_FAILED: "The kernel refused the attach for another reason (errno in the message); retried.",
     PIN_FAILED: "Pinning in bpffs failed (bpffs not mounted, permissions); retried.",
     DETACH_FAILED: "Detaching or unpinning failed during cleanup; retried before the finalizer goes.",
+    DRIFT_REPAIRED: "Event: the program was detached or replaced behind kube-xdp's back; re-attached.",
+    PIN_REPAIRED: "Event: the program's pins were removed behind kube-xdp's back; re-pinned from the running program.",
+    TOOK_OVER: "Event: an interface's program was replaced atomically (higher priority, or spec.takeOver).",
+    CLEANUP_ABANDONED: "Event: a node's agent did not confirm detaching in time; its attachment was released.",
 }
 
 # Reasons that need a human: set with Stalled=True (see the module docstring).

@@ -213,6 +213,10 @@ def _compile_fields_properties(*, with_defaults: bool) -> dict[str, Schema]:
             fmt="int32",
         )
         | default(spec.DEFAULT_PRIORITY),
+        "takeOver": _bool(
+            "Replace, atomically, an XDP program not managed by kube-xdp found on a selected interface"
+            " (default false: such a program is never touched and the interface reports Conflict)."
+        ),
     }
 
 

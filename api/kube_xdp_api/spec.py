@@ -457,6 +457,7 @@ class CompileFields:
     mode: str = DEFAULT_MODE
     fallback: tuple[str, ...] = DEFAULT_FALLBACK
     priority: int = DEFAULT_PRIORITY
+    take_over: bool = False
 
     def __post_init__(self) -> None:
         _check_string(self.entrypoint, "spec.entrypoint", pattern=C_IDENTIFIER, max_len=C_IDENTIFIER_MAX)
@@ -474,6 +475,8 @@ class CompileFields:
             raise SpecError(
                 reasons.INVALID_SPEC, f"spec.priority: must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}"
             )
+        if type(self.take_over) is not bool:
+            raise SpecError(reasons.INVALID_SPEC, "spec.takeOver: must be a boolean")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> CompileFields:
@@ -484,11 +487,14 @@ class CompileFields:
             mode=raw.get("mode", DEFAULT_MODE),
             fallback=tuple(_list(raw.get("fallback", list(DEFAULT_FALLBACK)), "spec.fallback")),
             priority=raw.get("priority", DEFAULT_PRIORITY),
+            take_over=raw.get("takeOver", False),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical form: every field present, defines sorted, one interfaces key."""
-        return {
+        """Canonical form: every field present, defines sorted, one interfaces key;
+        `takeOver` only when true (absent means false, so attachments written before the
+        field existed stay unchanged)."""
+        out = {
             "entrypoint": self.entrypoint,
             "defines": dict(self.defines),
             "interfaces": self.interfaces.to_dict(),
@@ -496,6 +502,9 @@ class CompileFields:
             "fallback": list(self.fallback),
             "priority": self.priority,
         }
+        if self.take_over:
+            out["takeOver"] = True
+        return out
 
     def modes_to_try(self) -> tuple[str, ...]:
         """The preferred mode, then the fallback modes in order, each once."""

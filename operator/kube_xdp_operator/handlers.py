@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 from kubernetes.client.rest import ApiException
 
-from kube_xdp_api import names
+from kube_xdp_api import names, reasons
 from kube_xdp_api.spec import ProgramSpec, SpecError, source_digest
 
 from . import placement
@@ -266,7 +266,7 @@ async def program_deleted(name: str, uid: str, body: Mapping, program_index, nod
         if since is not None and since > AGENT_CLEANUP_TIMEOUT:
             node = (att.get("spec") or {}).get("nodeName", "?")
             await asyncio.to_thread(rec.api.release_attachment, att)
-            kopf.event(body, type="Warning", reason="CleanupAbandoned",
+            kopf.event(body, type="Warning", reason=reasons.CLEANUP_ABANDONED,
                        message=f"the agent of node {node} did not confirm detaching within {AGENT_CLEANUP_TIMEOUT:.0f}s; "
                                "released; it removes the program when it returns")
             left.remove(att)

@@ -309,6 +309,14 @@ class PinStore:
             raise PinError(f"cannot open pinned program {path}: {exc}", program=program, pin_path=path,
                            errno=exc.errno) from exc
 
+    def open_prog_id(self, prog_id: int) -> bpfsys.Fd:
+        """A new fd of a live program by id (the expected program of a takeover, which is
+        not ours and has no pin of ours)."""
+        try:
+            return bpfsys.prog_fd_by_id(int(prog_id))
+        except BpfSyscallError as exc:
+            raise PinError(f"cannot open program {prog_id}: {exc}", errno=exc.errno) from exc
+
     def open_map(self, program: str, digest12: str, map_name: str) -> bpfsys.BpfMap:
         """The pinned map, opened for element access (close it)."""
         path = self.map_path(program, digest12, map_name)

@@ -676,6 +676,12 @@ class FakePinStore:
                                program=program, pin_path=path, errno=errno.ENOENT)
             return FakeFd(self._kernel, self._kernel._open_fd("prog", pin[0]))
 
+    def open_prog_id(self, prog_id: int) -> bpfsys.Fd:
+        with self._kernel.lock:
+            if prog_id not in self._kernel.programs:
+                raise PinError(f"cannot open program {prog_id}: No such file or directory", errno=errno.ENOENT)
+            return FakeFd(self._kernel, self._kernel._open_fd("prog", prog_id))
+
     def open_map(self, program: str, digest12: str, map_name: str) -> FakeBpfMap:
         path = self.map_path(program, digest12, map_name)
         with self._kernel.lock:
