@@ -5,7 +5,9 @@ allowPrivilegeEscalation=false instead of privileged. This test renders the char
 Helm engine), takes the agent's capability list from the DaemonSet, and runs the agent's
 own kernel layer (bcc compile and load, bpffs pin, netlink attach in native and generic
 mode, read-back, detach) in a child process whose bounding set is that list, with
-no_new_privs, as a container runtime would set it up (setpriv from util-linux).
+no_new_privs, as a container runtime would set it up (setpriv from util-linux); then the
+agent's default build path (kube_xdp_agent.build.SubprocessBuilder: a worker process that
+compiles confined under seccomp and pins) under the same list, and attaches the pin.
 
 What it pins down (kernel 5.8+):
 - the default list does everything, including the entrypoint signature check that
@@ -77,6 +79,17 @@ if prog is not None:
         result[f"read_back_{mode}"] = seen.attached if seen.prog_id == prog.prog_id else None
         step(f"detach_{mode}", lambda: netlink.detach(ifname, mode, expected_prog_fd=prog.prog_fd))
     step("unpin", lambda: store.unpin("capcheck"))
+    # the agent's default build path: a worker process (confined compile, seccomp,
+    # fds handed back over a socket) that pins, then the pin is opened and attached
+    from kube_xdp_agent.build import SubprocessBuilder
+    step("worker_build", lambda: SubprocessBuilder(Compiler(), bpffs).build(CompileRequest(SRC, "xdp_count", {}), "capworker"))
+    pinned = step("worker_open_pinned", lambda: store.open_pinned("capworker"))
+    if pinned:
+        fd = store.open_prog_fd("capworker", pinned[0].digest12)
+        step("worker_attach", lambda: netlink.attach(ifname, fd.fd, "native"))
+        step("worker_detach", lambda: netlink.detach(ifname, "native", expected_prog_fd=fd.fd))
+        fd.close()
+    step("worker_unpin", lambda: store.unpin("capworker"))
     result["signature_checked"] = not any("signature not checked" in r for r in records)
     step("wrong_entrypoint", lambda: compiler.load(CompileRequest(SRC, "helper_int", {})))
     if result["wrong_entrypoint"] == "ok":
@@ -111,7 +124,8 @@ def run_probe(caps: list[str], pair: NetnsPair, bpffs: str, tmp_path: Path) -> d
 
 
 KERNEL_PATH = ["load", "pin", "open_pinned", "attach_native", "detach_native", "attach_generic",
-               "detach_generic", "unpin"]
+               "detach_generic", "unpin", "worker_build", "worker_open_pinned", "worker_attach", "worker_detach",
+               "worker_unpin"]
 
 
 def test_default_capabilities_do_everything(netns_pair: NetnsPair, bpffs: str, tmp_path: Path) -> None:
