@@ -32,8 +32,10 @@ venv: deps $(VENV)/.installed
 apiserver: deps
 	@bash scripts/build-kube-apiserver.sh
 
+# CRD YAML from kube_xdp_api.schema (the one source), in crds/ and in the chart (tests fail on drift).
 crds: venv
 	$(PY) -m kube_xdp_api.schema --write crds/
+	$(PY) -m kube_xdp_api.schema --write charts/kube-xdp/crds/
 
 rig-up: venv apiserver
 	$(PY) -m kube_xdp_rig up $(RIG_ARGS)
