@@ -381,6 +381,19 @@ def load_pass_program(ifindex: int = 0, *, name: str = "kxdp_probe") -> bpfsys.F
     return bpfsys.Fd(int(ret))
 
 
+def bound_ifindex(prog_fd: int) -> int | None:
+    """The ifindex a device-bound program is bound to (0: not bound), None when its
+    device is gone (the kernel answers ENODEV for an orphaned offloaded program)."""
+    info = bpfsys._ProgInfo()
+    try:
+        bpfsys._get_info(prog_fd, info)
+    except BpfSyscallError as exc:
+        if exc.errno == errno_mod.ENODEV:
+            return None
+        raise
+    return int(info.ifindex)
+
+
 def device_can_offload(netlink: Netlink, interface: str) -> tuple[bool, int | None]:
     """(True, None) when a trivial program loads bound to `interface`, else (False, errno)."""
     index = netlink.interface(interface).index
@@ -464,8 +477,15 @@ def load_for_offload(compiler: Compiler, netlink: Netlink, interface: str, req: 
     ctx = {"interface": interface, "netns": netlink.netns, "mode": "offload"}
     check_source(req.source, **ctx)
     dev_req = offload_request(req, interface)
+    index = netlink.interface(interface).index
     try:
         prog = in_netns(netlink.netns, lambda: compiler.load(dev_req))
+        if prog.cache_hit and bound_ifindex(prog.prog_fd) != index:
+            # The compiler's cache is keyed by device NAME: a cached program may be bound to
+            # a device that went away (orphaned: ENODEV) or to another one now bearing the
+            # name. Load afresh for the device there is now.
+            compiler.release(prog.key)
+            prog = in_netns(netlink.netns, lambda: compiler.load(dev_req))
     except HeadersNotFound:
         raise
     except (CompileError, VerifierError) as exc:
