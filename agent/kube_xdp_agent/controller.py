@@ -20,6 +20,7 @@ import dataclasses
 import datetime
 import logging
 import queue
+import random
 import re
 import threading
 import time
@@ -46,6 +47,10 @@ log = logging.getLogger("kube_xdp_agent")
 
 TRANSIENT_RETRY = 2.0
 WATCH_TIMEOUT = 240
+# The watch's retry backoff doubles from 1 s up to this (with jitter): after an API server
+# outage an agent is back within this many seconds of the server (30 s made a 60 s outage
+# take ~30 s more to converge; tests/faults/test_3_apiserver_outage.py).
+WATCH_BACKOFF_MAX = 8.0
 
 
 def _now() -> str:
@@ -131,6 +136,8 @@ class Agent:
                     self.cache = seen
                 for n in seen:
                     self.queue.put(n)
+                log.info("listed %d attachment(s) of this node; watching from resourceVersion %s",
+                         len(seen), listing["metadata"]["resourceVersion"])
                 self.synced.set()
                 self.last_watch_ok = time.monotonic()
                 rv = listing["metadata"]["resourceVersion"]
@@ -156,9 +163,10 @@ class Agent:
                             self.cache[name] = obj
                     self.queue.put(name)
             except Exception as e:  # API server away: keep the datapath, retry with backoff
-                log.warning("watch of attachments failed (%s); retrying in %.0fs", e, backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                delay = backoff * random.uniform(0.5, 1.0)      # jitter: agents do not retry in step
+                log.warning("watch of attachments failed (%s); retrying in %.1fs", e, delay)
+                self.stop.wait(delay)
+                backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
 
     # -- one attachment --------------------------------------------------------------
     def reconcile(self, name: str) -> None:

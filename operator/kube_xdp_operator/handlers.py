@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes.client.rest import ApiException
 
 from kube_xdp_api import names, reasons
@@ -80,7 +81,10 @@ class Reconciler:
                 self._dirty.discard(name)
                 try:
                     events, body = await asyncio.to_thread(self._reconcile, name)
-                except (ApiException, OSError) as e:
+                except (ApiException, OSError, urllib3.exceptions.HTTPError) as e:
+                    # urllib3's MaxRetryError (API server unreachable) is not an OSError: without
+                    # it here the handler failed to kopf, which retries a failed handler only
+                    # after its own backoff (60 s), not RETRY_SECONDS.
                     log.warning("reconcile of %s failed, retrying in %.0fs: %s", name, RETRY_SECONDS, e)
                     asyncio.get_running_loop().call_later(
                         RETRY_SECONDS, lambda: asyncio.ensure_future(self.request(name)))

@@ -262,6 +262,27 @@ class Rig:
             shutil.rmtree(self.failed_logs, ignore_errors=True)
         (self.state.parent / f".{self.config.instance}.lock").unlink(missing_ok=True)
 
+    # -- API server outage (fault tests) --------------------------------------------
+    def stop_apiserver(self) -> bool:
+        """Stop kube-apiserver only (etcd, nodes and workloads keep running): an outage.
+        False when it was not running."""
+        return self.procs.stop("kube-apiserver")
+
+    def start_apiserver(self, timeout: float = 60) -> None:
+        """Start kube-apiserver again on the same port, certificates and etcd, and wait
+        until it is ready (after stop_apiserver)."""
+        if self.info() is None:
+            raise RigError(f"no rig '{self.config.instance}' is up")
+        if self.procs.pid("kube-apiserver"):
+            return
+        cfg = self.config
+        controlplane.ensure_port_free(cfg.apiserver_port, "kube-apiserver", "--apiserver-port", grace=10.0)
+        binary = controlplane.apiserver_binary(cfg.cache_dir)
+        controlplane.start_apiserver(self.procs, self.state, binary, cfg.apiserver_port, cfg.etcd_port,
+                                     audit=cfg.audit)
+        pki = self.state / "pki"
+        controlplane.wait_apiserver(self.procs, self.server, pki / "ca.crt", certs.tokens(pki)["admin"], timeout)
+
     # -- status ----------------------------------------------------------------------
     def status(self) -> dict:
         info = self.info()

@@ -1,0 +1,136 @@
+"""The fault suite's rig: an instance of its own ('kxf', free ports), 3 nodes with eth0 and
+eth1, kube-xdp installed (CRDs, RBAC, operator, one agent per node, resync 1 s), so fault
+scenarios (killing agents, the operator, the API server) never touch another rig.
+
+At the end of the session the scenario table (faultlib.TABLE) is printed, and written to
+.pytest_cache/kube-xdp-faults.md (untracked); the processes' logs are kept in
+.pytest_cache/kxf-logs/.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import kubernetes
+import pytest
+
+from kube_xdp_rig import workloads
+from kube_xdp_rig.config import RigConfig
+from kube_xdp_rig.controlplane import port_owner
+from kube_xdp_rig.rig import Rig, RigInfo
+from tests.e2e.kubexdp import Cluster
+
+from .faultlib import TABLE
+
+FAULT_INSTANCE = "kxf"
+
+
+def _free_ports(n: int) -> int:
+    """A base port with n consecutive ports free on 127.0.0.1."""
+    while True:
+        base = random.randrange(20000, 60000)
+        if not any(port_owner(base + i) for i in range(n)):
+            return base
+
+
+_BASE = _free_ports(3)
+FAULT_CONFIG = dict(instance=FAULT_INSTANCE, nodes=3, interfaces=("eth0", "eth1"),
+                    etcd_port=_BASE, apiserver_port=_BASE + 2)
+
+
+class FaultCluster(Cluster):
+    """The e2e Cluster helpers plus what faults need: the rig, processes, Events."""
+
+    def __init__(self, rig: RigInfo, client):
+        super().__init__(client)
+        self.rig = rig
+        self.client = client
+
+    @property
+    def procs(self):
+        return workloads.rig_for(self.rig).procs
+
+    def pid(self, name: str) -> int | None:
+        return self.procs.pid(name)
+
+    def sigkill(self, name: str) -> int:
+        """SIGKILL one process this suite started (by its pid file), and wait until it is gone."""
+        pid = self.pid(name)
+        assert pid, f"{name} is not running"
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.pid(name) and time.monotonic() < deadline:   # a zombie counts as gone
+            time.sleep(0.02)
+        assert self.pid(name) is None, f"{name} (pid {pid}) survived SIGKILL"
+        self.procs.reap()
+        (self.procs.pid_dir / f"{name}.pid").unlink(missing_ok=True)
+        return pid
+
+    def events(self, name: str, reason: str | None = None) -> list:
+        items = self.core.list_namespaced_event("default", field_selector=f"involvedObject.name={name}").items
+        return [e for e in items if reason is None or e.reason == reason]
+
+    def iface_status(self, program: str, node: str, ifname: str) -> dict:
+        att = self.attachments(program).get(node) or {}
+        return next((i for i in (att.get("status") or {}).get("interfaces") or [] if i["name"] == ifname), {})
+
+    def log(self, name: str) -> str:
+        path = self.procs.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def frig() -> RigInfo:
+    r = Rig(RigConfig(**FAULT_CONFIG))
+    info = r.up(log=lambda *_: None)
+    yield info
+    keep = Path(__file__).resolve().parents[2] / ".pytest_cache" / "kxf-logs"   # for the post-mortem
+    shutil.rmtree(keep, ignore_errors=True)
+    if r.procs.log_dir.is_dir():
+        shutil.copytree(r.procs.log_dir, keep)
+    r.down(log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def fx(frig) -> FaultCluster:
+    workloads.start_all(frig, resync=1.0)
+    client = kubernetes.config.new_client_from_config(config_file=frig.kubeconfig)
+    cluster = FaultCluster(frig, client)
+    yield cluster
+    client.close()
+
+
+@pytest.fixture()
+def programs(fx):
+    """Programs created through this fixture are deleted after the test, and their
+    removal from every node awaited."""
+    created: list[str] = []
+
+    def create(body: dict) -> dict:
+        created.append(body["metadata"]["name"])
+        return fx.create(body)
+
+    yield create
+    for name in created:
+        fx.delete(name)
+    for name in created:
+        fx.wait_gone(name, timeout=90)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not TABLE.rows:
+        return
+    text = TABLE.render()
+    terminalreporter.write_sep("=", "kube-xdp fault scenarios")
+    terminalreporter.write_line(text)
+    try:
+        out = Path(config.rootpath) / ".pytest_cache" / "kube-xdp-faults.md"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(text + "\n")
+    except OSError:
+        pass

@@ -1,0 +1,282 @@
+"""Measuring instruments of the fault suite: traffic, counters, status watches, the table.
+
+A scenario runs under continuous traffic (`Flow`: trafgen, a fixed number of 64-byte
+UDP frames at a fixed rate, only to the rig's own node addresses) and counts every packet
+that was not handled as the active program dictates:
+
+- `sent`: what trafgen reports it sent; `delivered`: sent minus what the veth dropped
+  before the node's interface (tx_dropped of the traffic source's end: ring overflow);
+- the programs' own counters (`Counter`: the `hits` map of FAULT_PROG, held by fd, so
+  an old program's count stays readable after it was replaced and unpinned);
+- the receiver: the node namespace's IPv4 `InReceives` (every IPv4 packet that reached
+  the node's stack, i.e. that XDP let through). Nothing else sends IPv4 into a node's
+  namespace while a flow runs (static neighbours, no ARP), so the delta is the flow's.
+
+FAULT_PROG drops UDP to PORT and counts it. For a flow to PORT:
+    mishandled = (delivered - sum of the counters of every program that was active)
+                 + packets that reached the stack
+i.e. packets no program saw, plus packets the stack saw although a program should have
+dropped them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kube_xdp_agent.kernel.bpfsys import BpfMap, prog_fd_by_id, prog_info
+from kube_xdp_rig import traffic
+
+FAULT_PROG = """
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/udp.h>
+BPF_ARRAY(hits, u64, 1);
+int xdp_fault(struct xdp_md *ctx) {
+    void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+        return XDP_PASS;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_UDP || ip->ihl != 5)
+        return XDP_PASS;
+    struct udphdr *udp = (void *)(ip + 1);
+    if ((void *)(udp + 1) > data_end || udp->dest != bpf_htons(PORT))
+        return XDP_PASS;
+    int zero = 0;
+    u64 *v = hits.lookup(&zero);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+    return VERSION >= 0 ? XDP_DROP : XDP_PASS;
+}
+"""
+
+RATE = 50_000          # packets per second: one frame every 20 us
+
+
+def fault_program(name: str, port: int, *, version: int = 1, interfaces=None, selector=None, **spec) -> dict:
+    from tests.e2e.kubexdp import program
+    body = program(name, FAULT_PROG, "xdp_fault", interfaces=interfaces or {"names": ["eth0"]},
+                   defines={"PORT": str(port), "VERSION": str(version)}, selector=selector)
+    body["spec"].update(spec)
+    return body
+
+
+# --- counters ---------------------------------------------------------------------------------
+def ip_in_receives(netns: str) -> int:
+    out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    header, values = [line.split() for line in out if line.startswith("Ip:")][:2]
+    return int(values[header.index("InReceives")])
+
+
+def tx_dropped(netns: str, ifname: str) -> int:
+    out = subprocess.run(["ip", "-n", netns, "-s", "-j", "link", "show", "dev", ifname], capture_output=True,
+                         text=True, check=True).stdout
+    return int(json.loads(out)[0]["stats64"]["tx"]["dropped"])
+
+
+class Counter:
+    """The `hits` counter of a live program, opened by the program's id and held by fd."""
+
+    def __init__(self, prog_id: int, map_name: str = "hits", *, fresh: bool = False):
+        """`fresh`: the program was just loaded, count from 0 (not from the first read)."""
+        self.prog_id = prog_id
+        with prog_fd_by_id(prog_id) as fd:
+            ids = prog_info(fd.fd).map_ids
+        self.map = None
+        for map_id in ids:
+            m = BpfMap.open_id(map_id)
+            if m.info.name == map_name:
+                self.map = m
+                break
+            m.close()
+        if self.map is None:
+            raise AssertionError(f"program {prog_id} has no map {map_name!r}")
+        self.start = 0 if fresh else self.read()
+
+    def read(self) -> int:
+        value = self.map.lookup(struct.pack("<I", 0))
+        values = value if isinstance(value, list) else [value]
+        return sum(struct.unpack("<Q", v[:8])[0] for v in values)
+
+    def delta(self) -> int:
+        return self.read() - self.start
+
+    def close(self) -> None:
+        self.map.close()
+
+
+# --- traffic --------------------------------------------------------------------------------------
+@dataclass
+class FlowResult:
+    sent: int
+    delivered: int
+    reached_stack: int
+    seconds: float
+
+
+class Flow:
+    """trafgen in the background: 64-byte frames to UDP `port` on one of a node's interfaces
+    at `rate` pps until `wait()` stops it (SIGINT: trafgen prints its totals), and never
+    more than `rate * max_seconds` frames (the bound)."""
+
+    def __init__(self, node, port: int, *, iface: int = 0, rate: int = RATE, max_seconds: float = 30.0):
+        self.node, self.link = node, node.interfaces[iface]
+        self.count, self.rate, self.max_seconds = int(rate * max_seconds), rate, max_seconds
+        self.config = traffic.trafgen_config(src_mac=self.link["src_mac"], dst_mac=self.link["node_mac"],
+                                             src_ip=self.link["src_ip"], dst_ip=self.link["node_ip"], dport=port)
+        self.proc: subprocess.Popen | None = None
+        self.result: FlowResult | None = None
+        self.output = ""
+
+    def start(self) -> "Flow":
+        self._in0 = ip_in_receives(self.node.netns)
+        self._drop0 = tx_dropped(self.node.src_netns, self.link["name"])
+        fd, self._cfg = tempfile.mkstemp(suffix=".cfg", prefix="kxf-trafgen-")
+        with os.fdopen(fd, "w") as f:
+            f.write(self.config)
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.node.src_netns, "trafgen", "--dev", self.link["name"], "--conf", self._cfg,
+             "--cpus", "1", "--no-sock-mem", "--qdisc-path", "--num", str(self.count), "--rate", f"{self.rate}pps"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.t0 = time.monotonic()
+        time.sleep(0.2)
+        assert self.running(), f"trafgen did not start: {self.proc.communicate()[0][-500:]!r}"
+        return self
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self) -> FlowResult:
+        """Stop the flow now (if still running) and count."""
+        assert self.proc is not None
+        ended_early = not self.running()
+        if not ended_early:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            out, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            out, _ = self.proc.communicate(timeout=10)
+        finally:
+            os.unlink(self._cfg)
+        took = self.elapsed()
+        self.output = out or ""
+        match = re.search(r"(\d+) packets outgoing", self.output)
+        assert match, f"trafgen did not report what it sent (exit {self.proc.returncode}): {self.output[-500:]!r}"
+        sent = int(match.group(1))
+        assert not ended_early or sent == self.count, \
+            f"trafgen ended early after {took:.1f} s (exit {self.proc.returncode}): {self.output[-500:]!r}"
+        time.sleep(0.3)                                   # let the last frames through NAPI
+        dropped = tx_dropped(self.node.src_netns, self.link["name"]) - self._drop0
+        self.result = FlowResult(sent=sent, delivered=sent - dropped,
+                                 reached_stack=ip_in_receives(self.node.netns) - self._in0, seconds=took)
+        return self.result
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+    def __enter__(self) -> "Flow":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def mishandled(result: FlowResult, counted: int) -> int:
+    """Packets to a dropping program's port that no program counted, plus those that
+    reached the node's stack."""
+    return max(result.delivered - counted, 0) + result.reached_stack
+
+
+# --- status watches -------------------------------------------------------------------------------
+class ReadyWatch:
+    """Polls an XdpProgram's status every `interval` s in a thread; records every moment it
+    was not Ready=True for its current generation."""
+
+    def __init__(self, cluster, name: str, interval: float = 0.2):
+        self.cluster, self.name, self.interval = cluster, name, interval
+        self.not_ready: list[tuple[float, str]] = []
+        self.polls = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                obj = self.cluster.get(self.name) or {}
+                st = obj.get("status") or {}
+                ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), {})
+                self.polls += 1
+                if ready.get("status") != "True" or st.get("observedGeneration") != obj["metadata"]["generation"]:
+                    self.not_ready.append((round(time.monotonic() - t0, 2), f"{ready.get('reason')}: {ready.get('message')}"))
+            except Exception:  # noqa: BLE001  the API may be away (outage scenario)
+                self.errors += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "ReadyWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Like kubexdp.wait, with a finer interval: returns (value, seconds waited)."""
+    t0 = time.monotonic()
+    last = None
+    while time.monotonic() - t0 < timeout:
+        last = predicate()
+        if last:
+            return last, time.monotonic() - t0
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+# --- the results table ------------------------------------------------------------------------------
+@dataclass
+class Row:
+    scenario: str
+    sent: int
+    mishandled: int
+    recover: str
+    note: str = ""
+
+
+@dataclass
+class Table:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, scenario: str, sent: int, mishandled: int, recover: str, note: str = "") -> None:
+        self.rows = [r for r in self.rows if r.scenario != scenario] + [Row(scenario, sent, mishandled, recover, note)]
+
+    def render(self) -> str:
+        lines = ["| scenario | packets sent | mishandled | time to recover | notes |", "|---|---:|---:|---|---|"]
+        lines += [f"| {r.scenario} | {r.sent} | {r.mishandled} | {r.recover} | {r.note} |" for r in self.rows]
+        return "\n".join(lines)
+
+
+TABLE = Table()
