@@ -102,6 +102,12 @@ class NodeInventory:
     def interface(self, name: str) -> InterfaceInventory | None:
         return next((i for i in self.interfaces if i.name == name), None)
 
+    def mode_summary(self) -> str:
+        """How many interfaces support each mode, e.g. "offload=1,native=3,generic=4"
+        (order offload, native, generic; modes no interface supports are left out; "none")."""
+        counts = {m: sum(m in i.modes for i in self.interfaces) for m in ("offload", "native", "generic")}
+        return ",".join(f"{m}={n}" for m, n in counts.items() if n) or "none"
+
     def to_status(self, *, extended: bool = False) -> dict[str, Any]:
         """The XdpNode status fields this inventory fills (api schema.node_status_schema).
 
@@ -132,7 +138,13 @@ class NodeInventory:
                 if iface.kind:
                     item["kind"] = iface.kind
                 item["unknownModes"] = list(iface.unknown_modes)
+                item["unsupported"] = [
+                    {"mode": p.mode, "message": (p.detail or "refused")[:1024]}
+                    for p in iface.probes if p.result == UNSUPPORTED
+                ]
             status["interfaces"].append(item)
+        if extended:
+            status["modeSummary"] = self.mode_summary()
         return status
 
 

@@ -142,6 +142,9 @@ def test_status_fits_the_xdpnode_schema(netns_pair) -> None:
                                          "modes": ["native", "generic"], "attached": []}
     extended = inv.to_status(extended=True)
     assert {i["name"]: i["unknownModes"] for i in extended["interfaces"]} == {"lo": [], netns_pair.ns_if: []}
+    veth = next(i for i in extended["interfaces"] if i["name"] == netns_pair.ns_if)
+    assert veth["kind"] == "veth" and [u["mode"] for u in veth["unsupported"]] == ["offload"]
+    assert extended["modeSummary"] == "native=1,generic=2" == inv.mode_summary()
 
 
 def test_probe_results_are_what_the_kernel_says() -> None:

@@ -17,6 +17,7 @@ def test_netdevsim_supports_every_mode(nsim, measure) -> None:
         assert nl.read_xdp(nsim.ifname).attached is None  # probes leave nothing behind
     assert inv.kernel_release.endswith("-kube-xdp-lab")
     assert inv.headers.found and inv.headers.path.endswith("/headers")
+    assert "offload=1" in inv.mode_summary()
     status = inv.to_status()
     item = next(i for i in status["interfaces"] if i["name"] == nsim.ifname)
     assert item == {"name": nsim.ifname, "driver": "netdevsim", "modes": ["offload", "native", "generic"],
