@@ -26,7 +26,7 @@ def test_update_under_load_is_hitless(fx, frig, programs):
     old_id = fx.iface_status("kxf-update", "node-1", "eth0")["progId"]
     old = Counter(old_id)                                 # held by fd: readable after unpin
 
-    with Flow(node, 9102, max_seconds=30) as flow:
+    with Flow(node, 9102, rate=None, max_seconds=30) as flow:
         time.sleep(1.5)
         fx.patch_spec("kxf-update", {"defines": {"PORT": "9102", "VERSION": "2"}})
         patched = time.monotonic()

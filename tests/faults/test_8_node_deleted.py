@@ -1,0 +1,56 @@
+"""Fault 8: a Node object is deleted while a program runs on it.
+
+Holds: the node's attachment goes (the operator deletes it and releases the agent's
+finalizer: there is no agent of a deleted node to wait for), nothing stays with a
+deletionTimestamp; the program becomes Ready on the nodes that remain; the node's agent,
+still running here, removes the program from the node (orphan cleanup); the other nodes'
+datapath is untouched (zero mishandled on node-1). The Node is then created again and the
+program comes back on it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kube_xdp_rig import kube, workloads
+from tests.e2e.kubexdp import kernel_xdp, pins_of
+
+from .faultlib import TABLE, Counter, Flow, fault_program, mishandled, wait_until
+
+pytestmark = pytest.mark.rig
+
+
+def test_node_deleted_its_attachments_go_and_nothing_waits_forever(fx, frig, programs):
+    n1, n3 = frig.node("node-1"), frig.node("node-3")
+    spec3 = next(s for s in workloads.rig_for(frig).config.node_specs() if s.name == "node-3")
+    programs(fault_program("kxf-node", 9113, interfaces={"names": ["eth1"]}))
+    fx.wait_ready("kxf-node")
+    counter = Counter(fx.iface_status("kxf-node", "node-1", "eth1")["progId"])
+    try:
+        with Flow(n1, 9113, iface=1, max_seconds=90) as flow:
+            time.sleep(0.5)
+            fx.core.delete_node("node-3")
+            _, gone = wait_until(lambda: "node-3" not in fx.attachments("kxf-node"), 60,
+                                 "node-3's attachment gone", interval=0.1)
+            _, ready = wait_until(lambda: fx.is_current("kxf-node") and
+                                  fx.get("kxf-node")["status"]["nodeSummary"] == "2/2", 60, "Ready on 2/2")
+            _, cleaned = wait_until(lambda: kernel_xdp(n3.netns, "eth1") == (None, None)
+                                    and not pins_of(n3.bpffs, "kxf-node"), 60, "node-3's kernel cleaned")
+            stuck = [a["metadata"]["name"] for a in fx.custom.list_cluster_custom_object(
+                "kubexdp.io", "v1alpha1", "xdpattachments")["items"] if a["metadata"].get("deletionTimestamp")]
+            result = flow.wait()
+        bad = mishandled(result, counter.delta())
+        TABLE.add("8 Node object deleted", result.sent, bad,
+                  f"attachment gone {gone:.1f} s, Ready 2/2 {gone + ready:.1f} s, node's kernel clean "
+                  f"{gone + ready + cleaned:.1f} s", "flow through the program on node-1")
+        assert bad == 0
+        assert stuck == []
+        assert gone < 15
+    finally:
+        kube.ensure_node(fx.client, spec3)
+    wait_until(lambda: fx.is_current("kxf-node") and fx.get("kxf-node")["status"]["nodeSummary"] == "3/3", 90,
+               "the program back on node-3")
+    assert kernel_xdp(n3.netns, "eth1")[1] == fx.iface_status("kxf-node", "node-3", "eth1")["progId"]
+    counter.close()
