@@ -1,0 +1,250 @@
+"""The benchmark's own rig instance and kube-xdp on it: set up, tracked processes,
+API helpers. Always torn down by the caller (`Bench.close`), even on failure."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import kubernetes
+import yaml
+from kubernetes.client.rest import ApiException
+
+from kube_xdp_api import names
+from kube_xdp_rig import workloads
+from kube_xdp_rig.config import RigConfig
+from kube_xdp_rig.rig import Rig, RigInfo
+
+from . import procstat
+from .hollow import HOLLOW_LABEL
+from .watch import ProgramWatcher
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+INSTANCE = "kxb"
+RIG_NODE_SELECTOR = {"matchLabels": {"kubexdp.io/rig-node": "true"}}
+HOLLOW_SELECTOR = {"matchLabels": {HOLLOW_LABEL: "true"}}
+# eth0/eth1: the convergence runs and examples; eth2: blocklist (role=edge); on node-3,
+# eth2-eth7 carry the hand-attached copies of the datapath comparison.
+INTERFACES = ("eth0", "eth1", "eth2", "eth3", "eth4", "eth5", "eth6", "eth7")
+
+
+def free_ports() -> tuple[int, int]:
+    """(apiserver, etcd) ports free on 127.0.0.1 now; etcd also uses etcd+1."""
+    import random
+
+    from kube_xdp_rig.controlplane import port_owner
+    rnd = random.Random()
+    while True:
+        api, etcd = rnd.randrange(20000, 60000), rnd.randrange(20000, 60000)
+        if abs(api - etcd) > 2 and not any(port_owner(p) for p in (api, etcd, etcd + 1)):
+            return api, etcd
+
+
+def example(name: str) -> dict:
+    """The XdpProgram of examples/<name>.yaml, with its C source resolved (inline)."""
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / f"{name}.yaml").read_text()) if d]
+    prog = next(d for d in docs if d["kind"] == names.PROGRAM_KIND)
+    src = prog["spec"]["source"]
+    if "configMapRef" in src:
+        ref = src["configMapRef"]
+        cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == ref["name"])
+        prog = {**prog, "spec": {**prog["spec"], "source": {"inline": cm["data"][ref["key"]]}}}
+    return prog
+
+
+def program_body(name: str, base: dict, selector: dict, interfaces: list[str], *, nonce: str = "",
+                 defines: dict | None = None) -> dict:
+    spec = dict(base["spec"])
+    spec["source"] = {"inline": spec["source"]["inline"] + (f"\n/* bench {nonce} */\n" if nonce else "")}
+    spec["nodeSelector"] = selector
+    spec["interfaces"] = {"names": list(interfaces)}
+    if defines is not None:
+        spec["defines"] = defines
+    return {"apiVersion": names.API_VERSION, "kind": names.PROGRAM_KIND, "metadata": {"name": name}, "spec": spec}
+
+
+class Bench:
+    def __init__(self, log=print, *, nodes: int = 3):
+        self.log = log
+        api_port, etcd_port = free_ports()
+        self.config = RigConfig(instance=INSTANCE, nodes=nodes, interfaces=INTERFACES,
+                                node_labels={"node-2": {"role": "edge"}},
+                                apiserver_port=api_port, etcd_port=etcd_port, audit=True)
+        self.rig = Rig(self.config)
+        self.info: RigInfo | None = None
+        self.client = None
+        self.watcher: ProgramWatcher | None = None
+        self.sampler = procstat.Sampler().start()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def up(self) -> RigInfo:
+        if self.rig.info() is not None or any(self.rig.leftovers().values()):
+            self.log(f"bench: a rig instance '{INSTANCE}' exists (a previous bench run?): removing it first")
+            self.rig.down(log=lambda *_: None)
+        self.info = self.rig.up(log=lambda m: self.log(f"  {m}"))
+        workloads.start_all(self.info, resync=2.0)
+        self.client = kubernetes.config.new_client_from_config(config_file=self.info.kubeconfig)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.watcher = ProgramWatcher(kubernetes.config.new_client_from_config(config_file=self.info.kubeconfig)).start()
+        self.sampler.track("agent", [self.pid(workloads.agent_name(n.name)) for n in self.info.nodes])
+        self.sampler.track("operator", [self.pid("operator")])
+        self.wait_agents_synced()
+        return self.info
+
+    def close(self, keep_logs: Path | None = None) -> None:
+        """Tear the rig down; with `keep_logs`, copy its process logs and audit log there first."""
+        self.sampler.stop()
+        if keep_logs is not None and self.info is not None:
+            import shutil
+            try:
+                shutil.rmtree(keep_logs, ignore_errors=True)
+                shutil.copytree(Path(self.info.state_dir) / "logs", keep_logs)
+                shutil.copy(self.audit_log, keep_logs / "audit.log")
+                self.log(f"bench: logs kept in {keep_logs}")
+            except OSError as e:
+                self.log(f"bench: could not keep logs: {e}")
+        if self.watcher:
+            self.watcher.stop()
+        try:
+            self.rig.down(log=lambda *_: None)
+            self.log("bench: rig torn down")
+        except Exception as e:  # noqa: BLE001 - report, never mask the original error
+            self.log(f"bench: rig teardown FAILED: {e}; run: {sys.executable} -m kube_xdp_rig down --instance {INSTANCE}")
+
+    @property
+    def audit_log(self) -> Path:
+        return Path(self.info.state_dir) / "audit.log"
+
+    def private_bpffs(self) -> str:
+        """A bpffs mount no agent watches, under the rig's state dir (so `down` unmounts it)."""
+        from kube_xdp_rig import netns
+        path = Path(self.info.state_dir) / "bench-bpffs"
+        netns.mount_bpffs(path)
+        return str(path)
+
+    def pid(self, name: str) -> int | None:
+        return self.rig.procs.pid(name)
+
+    def agent_pids(self) -> dict[str, int]:
+        return {n.name: self.pid(workloads.agent_name(n.name)) for n in self.info.nodes}
+
+    def wait_agents_synced(self, timeout: float = 30) -> None:
+        """Until each agent has listed its attachments: its log says so ("listed ...");
+        agents that do not log it are confirmed by their list request in the audit log."""
+        deadline = time.monotonic() + timeout
+        logs = Path(self.info.state_dir) / "logs"
+        while time.monotonic() < deadline:
+            pending = []
+            for n in self.info.nodes:
+                try:
+                    if "listed" in (logs / f"{workloads.agent_name(n.name)}.log").read_text():
+                        continue
+                except OSError:
+                    pass
+                pending.append(n.name)
+            if not pending:
+                return
+            try:
+                text = self.audit_log.read_text()
+            except OSError:
+                text = ""
+            if all(f"kubexdp.io/node%3D{p}" in text for p in pending):
+                return
+            time.sleep(0.5)
+        self.log("bench: warning: could not confirm that every agent has listed its attachments")
+
+    def audit_flushed(self, timeout: float = 30) -> bool:
+        """Make a marker request now and wait until the audit log has it: every request
+        made before it is then in the log too (the log is written in batches)."""
+        from . import audit
+        t = time.time()
+        self.core.read_namespace("default")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.audit_log, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 200_000))
+                tail = f.read().decode(errors="replace").splitlines()
+            for r in audit.requests(tail[1:]):
+                if r["t"] >= t and r["resource"] == "namespaces" and r["verb"] == "get" and "admin" in r["user"]:
+                    return True
+            time.sleep(0.3)
+        return False
+
+    # -- API helpers -------------------------------------------------------------------
+    def create(self, body: dict) -> dict:
+        return self.custom.create_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, body)
+
+    def patch_spec(self, name: str, spec: dict) -> dict:
+        return self.custom.patch_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, name, {"spec": spec})
+
+    def delete(self, name: str) -> None:
+        try:
+            self.custom.delete_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def get(self, name: str) -> dict | None:
+        try:
+            return self.custom.get_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def attachments(self, program: str) -> dict[str, dict]:
+        items = self.custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.ATTACHMENTS,
+                                                       label_selector=f"{names.LABEL_PROGRAM}={program}")["items"]
+        return {a["spec"]["nodeName"]: a for a in items}
+
+    # -- hollow nodes ------------------------------------------------------------------
+    def create_hollow_nodes(self, n: int) -> list[str]:
+        names_ = [f"hollow-{i}" for i in range(1, n + 1)]
+        for name in names_:
+            body = {"apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": name, "labels": {HOLLOW_LABEL: "true", "kubernetes.io/hostname": name}}}
+            try:
+                self.core.create_node(body)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+        return names_
+
+    def delete_hollow_nodes(self) -> None:
+        for node in self.core.list_node(label_selector=f"{HOLLOW_LABEL}=true").items:
+            try:
+                self.core.delete_node(node.metadata.name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+    def start_hollow(self, nodes: list[str], procs: int = 1, timeout: float = 120) -> list[int]:
+        """Start hollow agents for `nodes` in `procs` processes (tracked by the rig, so
+        `down` stops them); wait until each has listed its attachments."""
+        chunks = [nodes[i::procs] for i in range(procs)]
+        pids, logs = [], []
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        for i, chunk in enumerate(chunks):
+            name = f"hollow-{len(nodes)}-{i}"
+            log = Path(self.info.state_dir) / "logs" / f"{name}.log"
+            pids.append(self.rig.procs.start(name, [sys.executable, "-m", "bench.hollow", "--kubeconfig",
+                                                    self.info.kubeconfigs["agent"], "--state", self.info.state_dir,
+                                                    *chunk], env=env))
+            logs.append(log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(l.exists() and "synced" in l.read_text() for l in logs):
+                return pids
+            if any(not Path(f"/proc/{p}").exists() for p in pids):
+                raise RuntimeError(f"a hollow agent process exited; see {logs}")
+            time.sleep(0.2)
+        raise TimeoutError(f"hollow agents did not sync within {timeout:.0f}s; see {logs}")
+
+    def stop_hollow(self, n: int, procs: int) -> None:
+        for i in range(procs):
+            self.rig.procs.stop(f"hollow-{n}-{i}")

@@ -1,0 +1,74 @@
+"""Hollow nodes: the real agent control code (kube_xdp_agent.controller.Agent, its watch,
+reconcile, finalizer and status logic, each with its own API client authenticated as the
+agent ServiceAccount) over kernel.FakeKernel, an in-memory kernel: no compile, no
+netlink, no bpffs. They measure the control plane alone (API server, operator, agent
+control loop); they say nothing about compile or attach time.
+
+    python -m bench.hollow --kubeconfig agent.kubeconfig --state DIR hollow-1 hollow-2 ...
+
+One thread pair (watch + worker) per hollow agent, in this one process; prints
+"synced <n>" once every agent has listed its attachments, runs until SIGTERM.
+The Node objects must exist (the benchmark creates them, labelled kubexdp.io/hollow=true).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+HOLLOW_LABEL = "kubexdp.io/hollow"
+INTERFACES = ("eth0", "eth1")
+
+
+def make_agent(node: str, kubeconfig: str, resync: float):
+    import kubernetes
+
+    from kube_xdp_agent.controller import Agent, AgentConfig
+    from kube_xdp_agent.kernel import FakeKernel
+
+    kernel = FakeKernel(compile_ms=0.0)      # compile time is not modelled: control plane only
+    for i, name in enumerate(INTERFACES):
+        kernel.add_interface(name, default_route=(i == 0))
+    kernel.mount_bpffs("/sys/fs/bpf")        # in memory: FakeKernel touches no file
+    client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+    return Agent(AgentConfig(node_name=node, bpffs="/sys/fs/bpf", netns=None, resync=resync), client, kernel)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.hollow", description=__doc__.split("\n\n")[0])
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--state", required=True, help="the rig's state dir (marks the process as the rig's)")
+    p.add_argument("--resync", type=float, default=2.0)
+    p.add_argument("nodes", nargs="+")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s hollow: %(message)s")
+    agents = [make_agent(n, args.kubeconfig, args.resync) for n in args.nodes]
+    threads = [threading.Thread(target=a.run, name=f"agent-{n}", daemon=True) for a, n in zip(agents, args.nodes)]
+    done = threading.Event()
+
+    def stop(*_):
+        for a in agents:
+            a.stop.set()
+            a.queue.put(None)   # type: ignore[arg-type]
+        done.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for t in threads:
+        t.start()
+    for a in agents:
+        while not a.synced.wait(0.5):
+            if done.is_set():
+                return 0
+    print(f"synced {len(agents)}", flush=True)
+    done.wait()
+    for t in threads:
+        t.join(timeout=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
