@@ -21,7 +21,7 @@
 #        build-offload-kernel.sh --check  exit 0 if cached, 1 if not
 set -euo pipefail
 CACHE=${KUBE_XDP_CACHE:-$HOME/.cache/kube-xdp}
-BUILD_ID=${KUBE_XDP_OFFLOAD_KERNEL_ID:-deb6.1-nsim-kx1}
+BUILD_ID=${KUBE_XDP_OFFLOAD_KERNEL_ID:-deb6.1-nsim-kx2}
 OUT=$CACHE/offload-kernel/$BUILD_ID
 die() { echo "build-offload-kernel: $*" >&2; exit 1; }
 log() { echo "build-offload-kernel: $*" >&2; }
@@ -70,7 +70,7 @@ VNG=$(command -v vng || true)
 [ -x "$VNG" ] || die "vng (virtme-ng) is missing: run scripts/install-lab-deps.sh"
 REQUIRED=(
   BPF BPF_SYSCALL BPF_JIT DEBUG_FS NETDEVSIM VETH NET_CLS_BPF NET_SCH_INGRESS
-  VIRTIO VIRTIO_PCI VIRTIO_MMIO NET_9P NET_9P_VIRTIO 9P_FS VIRTIO_FS FUSE_FS OVERLAY_FS
+  VIRTIO VIRTIO_PCI VIRTIO_MMIO NET_9P NET_9P_VIRTIO 9P_FS OVERLAY_FS
   DEVTMPFS TMPFS UNIX INET PACKET SERIAL_8250_CONSOLE VIRTIO_CONSOLE BINFMT_SCRIPT
 )
 DISABLE=(
@@ -91,6 +91,14 @@ DISABLE=(
   HIBERNATION SUSPEND CPU_FREQ MICROCODE X86_MCE PCCARD YENTA THERMAL HWMON
   SECURITY AUDIT KEXEC CRASH_DUMP EFI XEN
   VIRTIO_BALLOON DRM_VIRTIO_GPU DRM_BOCHS SQUASHFS I2C
+  # the lab boots with --force-9p: no virtiofs, hence no DAX / memory hotplug
+  VIRTIO_FS FUSE_FS DAX FS_DAX ZONE_DEVICE MEMORY_HOTPLUG
+  # no disks (root is 9p), no KVM in the guest, no IOMMUs, no platform drivers
+  SCSI BLK_DEV_SD KVM VIRTUALIZATION AMD_IOMMU INTEL_IOMMU X86_PLATFORM_DEVICES ACPI_WMI
+  ACPI_BATTERY ACPI_AC ACPI_VIDEO ACPI_FAN ACPI_DOCK ACPI_THERMAL ACPI_TABLE_UPGRADE HOTPLUG_PCI
+  NETCONSOLE IP_PNP IP_MROUTE IP_ADVANCED_ROUTER NUMA X86_5LEVEL PROFILING
+  CPU_SUP_HYGON CPU_SUP_CENTAUR CPU_SUP_ZHAOXIN CGROUP_RDMA CGROUP_HUGETLB CGROUP_PERF
+  INPUT_EVDEV INPUT_LEDS BLK_DEV_LOOP
 )
 FRAG=$WORK/lab.config
 {
@@ -142,5 +150,7 @@ bzimage_bytes=$(stat -c %s arch/x86/boot/bzImage)
 EOF
 rm -rf "$OUT" && mv "$STAGE" "$OUT"
 cd / && rm -rf "$WORK"      # the built tree is ~1 GB; only bzImage + headers are kept
+# Builds of older recipes are never used again (a running guest keeps its kernel loaded).
+find "$CACHE/offload-kernel" -mindepth 1 -maxdepth 1 ! -name "$BUILD_ID" -exec rm -rf {} +
 log "built $OUT (linux $VERSION, $KREL; make bzImage $((T3 - T2)) s, total $(( $(date +%s) - T0 )) s)"
 echo "$OUT"
