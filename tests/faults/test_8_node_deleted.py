@@ -40,17 +40,20 @@ def test_node_deleted_its_attachments_go_and_nothing_waits_forever(fx, frig, pro
                                     and not pins_of(n3.bpffs, "kxf-node"), 60, "node-3's kernel cleaned")
             stuck = [a["metadata"]["name"] for a in fx.custom.list_cluster_custom_object(
                 "kubexdp.io", "v1alpha1", "xdpattachments")["items"] if a["metadata"].get("deletionTimestamp")]
+            time.sleep(1.0)
+            kube.ensure_node(fx.client, spec3)                # the node comes back
+            _, back = wait_until(lambda: fx.is_current("kxf-node") and
+                                 fx.get("kxf-node")["status"]["nodeSummary"] == "3/3", 90, "the program back on node-3")
             result = flow.wait()
         bad = mishandled(result, counter.delta())
         TABLE.add("8 Node object deleted", result.sent, bad,
                   f"attachment gone {gone:.1f} s, Ready 2/2 {gone + ready:.1f} s, node's kernel clean "
-                  f"{gone + ready + cleaned:.1f} s", "flow through the program on node-1")
+                  f"{gone + ready + cleaned:.1f} s; Node re-created: Ready 3/3 in {back:.1f} s",
+                  "flow through the program on node-1")
         assert bad == 0
         assert stuck == []
         assert gone < 15
+        assert kernel_xdp(n3.netns, "eth1")[1] == fx.iface_status("kxf-node", "node-3", "eth1")["progId"]
     finally:
         kube.ensure_node(fx.client, spec3)
-    wait_until(lambda: fx.is_current("kxf-node") and fx.get("kxf-node")["status"]["nodeSummary"] == "3/3", 90,
-               "the program back on node-3")
-    assert kernel_xdp(n3.netns, "eth1")[1] == fx.iface_status("kxf-node", "node-3", "eth1")["progId"]
-    counter.close()
+        counter.close()
