@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -271,12 +271,16 @@ def probe_interface(netlink: Netlink, name: str, *, modes: Iterable[str] = PROBE
 
 
 def probe_node(netlink: Netlink, *, probe: bool = True, previous: NodeInventory | None = None,
-               modes: Iterable[str] = PROBE_ORDER, env: Mapping[str, str] | None = None) -> NodeInventory:
+               modes: Iterable[str] = PROBE_ORDER, env: Mapping[str, str] | None = None,
+               select: Callable[[Interface], bool] | None = None) -> NodeInventory:
     """The node's inventory, interfaces from `netlink`'s namespace.
 
     `previous`: reuse its probe results for interfaces with the same name, index and
     driver (only `attached` is read again), so a periodic refresh attaches nothing
     on interfaces already probed. `probe=False` reads without attaching (modes unknown).
+    `select`: probe only the interfaces it accepts (e.g. physical NICs and the ones a
+    program targets: a node with hundreds of pod veths need not have each one switched
+    to XDP for a moment); the others are listed with their modes unknown.
     """
     release = kernel_release()
     old = {i.name: i for i in previous.interfaces} if previous else {}
@@ -291,7 +295,7 @@ def probe_node(netlink: Netlink, *, probe: bool = True, previous: NodeInventory 
                 interfaces.append(InterfaceInventory(iface.name, iface.index, iface.driver, iface.kind,
                                                      before.probes, _attached(iface)))
                 continue
-            if not probe:
+            if not probe or (select is not None and not select(iface)):
                 interfaces.append(InterfaceInventory(
                     iface.name, iface.index, iface.driver, iface.kind,
                     tuple(ModeProbe(m, UNKNOWN, "not probed") for m in modes), _attached(iface)))

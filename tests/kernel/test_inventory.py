@@ -98,6 +98,17 @@ def test_probe_false_reads_only(netns_pair) -> None:
     assert veth.modes == () and set(veth.unknown_modes) == {"offload", "native", "generic"}
 
 
+def test_select_limits_what_is_probed(netns_pair) -> None:
+    with Netlink(netns_pair.ns) as nl:
+        calls = []
+        real_attach = nl.attach
+        nl.attach = lambda *a, **k: calls.append(a[0]) or real_attach(*a, **k)  # type: ignore[method-assign]
+        inv = probe_node(nl, select=lambda i: i.name == "lo")
+    assert set(calls) == {"lo"}
+    assert inv.interface("lo").modes == ("generic",)
+    assert inv.interface(netns_pair.ns_if).modes == () and len(inv.interface(netns_pair.ns_if).unknown_modes) == 3
+
+
 def test_headers_lookup(tmp_path) -> None:
     assert find_headers("0.0-none", env={"BCC_KERNEL_SOURCE": str(tmp_path)}) == inventory.HeadersInfo(True, str(tmp_path))
     missing = find_headers("0.0-none", env={})
