@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 RIG_ARGS ?=
 export KUBE_XDP_CACHE ?= $(HOME)/.cache/kube-xdp
 
-.PHONY: help deps venv apiserver crds rig-up rig-down rig-status demo test test-unit test-kernel test-e2e clean
+.PHONY: help deps venv apiserver crds rig-up rig-down rig-status demo test test-unit test-kernel test-e2e \
+	lab-deps offload-kernel offload-lab bench clean
 
 help:
 	@echo "targets: demo test test-unit test-kernel test-e2e rig-up rig-down rig-status crds deps venv apiserver clean"
@@ -22,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x /usr/bin/python3 || { echo "Debian's /usr/bin/python3 is missing: run 'make deps'"; exit 1; }
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,bench]'
 	@$(PY) -c "import bcc, kopf, kubernetes, pyroute2, yaml" || { echo "venv cannot import bcc/kopf/kubernetes/pyroute2/yaml"; exit 1; }
 	@touch $@
 
@@ -33,6 +34,17 @@ apiserver: deps
 	@bash scripts/build-kube-apiserver.sh
 
 # CRD YAML from kube_xdp_api.schema (the one source), in crds/ and in the chart (tests fail on drift).
+# The offload lab: QEMU + virtme-ng, and a small kernel with netdevsim built once from
+# Debian's linux source package (cached in $(KUBE_XDP_CACHE)/offload-kernel; ~10 min cold).
+lab-deps: venv
+	@bash scripts/install-lab-deps.sh $(VENV)
+
+offload-kernel: lab-deps
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/build-offload-kernel.sh >/dev/null
+
+offload-lab: offload-kernel
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m kube_xdp_lab $(PYTEST_ARGS)
+
 crds: venv
 	$(PY) -m kube_xdp_api.schema --write crds/
 	$(PY) -m kube_xdp_api.schema --write charts/kube-xdp/crds/
@@ -58,9 +70,13 @@ test-kernel: venv
 test-e2e: venv apiserver
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-# The whole suite. Tests that need the rig start and stop their own.
-test: venv apiserver
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+# The whole suite (unit, kernel, rig e2e, faults, the offload lab under QEMU). Tests that
+# need the rig start and stop their own instance.
+test: venv apiserver offload-kernel
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest tests $(PYTEST_ARGS)
+
+bench: venv apiserver
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	-$(PY) -m kube_xdp_rig down

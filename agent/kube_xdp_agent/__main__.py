@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="do all netlink work in this named network namespace (the local rig's nodes); "
                              "on a real node leave unset: the agent runs with hostNetwork")
     parser.add_argument("--resync", type=float, default=5.0, help="seconds between drift checks (default 5)")
+    parser.add_argument("--no-inventory", action="store_true",
+                        help="do not publish this node's XdpNode (no mode probing on empty hooks)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         config = kubernetes.client.Configuration()
         kubernetes.config.load_incluster_config(client_configuration=config)
         client = kubernetes.client.ApiClient(config)
-    agent = Agent(AgentConfig(node_name=args.node_name, bpffs=args.bpffs, netns=args.netns, resync=args.resync),
+    agent = Agent(AgentConfig(node_name=args.node_name, bpffs=args.bpffs, netns=args.netns, resync=args.resync,
+                              inventory=not args.no_inventory),
                   client, HostKernel())
 
     def stop(*_):

@@ -39,6 +39,7 @@ from .desired import Desired, resolve_interfaces
 from .execute import Executor, IfaceResult
 from .kernel.compile import CompileRequest
 from .kernel.errors import KernelError
+from .nodeinfo import NodePublisher
 from .observe import observe
 from .plan import Rank, plan_attach, plan_cleanup, plan_gc, plan_repin
 from .report import attachment_status, transition_events
@@ -46,6 +47,7 @@ from .report import attachment_status, transition_events
 log = logging.getLogger("kube_xdp_agent")
 
 TRANSIENT_RETRY = 2.0
+INVENTORY_SECONDS = 60.0
 WATCH_TIMEOUT = 240
 # The watch's retry backoff doubles from 1 s up to this (with jitter): after an API server
 # outage an agent is back within this many seconds of the server (30 s made a 60 s outage
@@ -63,6 +65,7 @@ class AgentConfig:
     bpffs: str = names.DEFAULT_BPFFS
     netns: str | None = None           # rig only: do netlink work inside this namespace
     resync: float = 5.0
+    inventory: bool = False            # publish this node's XdpNode (the CLI turns it on)
 
 
 class Transient(Exception):
@@ -83,6 +86,7 @@ class Agent:
         self.netlink = kernel.netlink(config.netns)
         self.builder = (kernel.builder(config.bpffs, config.netns) if hasattr(kernel, "builder")
                         else InProcessBuilder(kernel.compiler, self.pins))
+        self.publisher = NodePublisher(self.custom, config.node_name, self.netlink) if config.inventory else None
         self.selector = f"{names.LABEL_NODE}={names.node_label_value(config.node_name)}"
         self.cache: dict[str, dict] = {}
         self.sources: dict[str, str] = {}          # source digest -> text
@@ -98,11 +102,17 @@ class Agent:
         watcher.start()
         self.synced.wait()
         next_resync = time.monotonic() + self.config.resync
+        next_inventory = time.monotonic()
         while not self.stop.is_set():
-            timeout = max(0.0, next_resync - time.monotonic())
+            if self.publisher is not None and time.monotonic() >= next_inventory:
+                self._publish_inventory()
+                next_inventory = time.monotonic() + INVENTORY_SECONDS
+            timeout = max(0.0, min(next_resync, next_inventory) - time.monotonic())
             try:
                 name = self.queue.get(timeout=timeout)
             except queue.Empty:
+                if time.monotonic() < next_resync:
+                    continue
                 with self._lock:
                     for n in list(self.cache):
                         self.queue.put(n)
@@ -112,6 +122,14 @@ class Agent:
             if name is None:
                 break
             self.reconcile_safely(name)
+
+    def _publish_inventory(self) -> None:
+        """The XdpNode, on this (the worker) thread: probes attach to empty hooks only and
+        must not race this agent's own attaches."""
+        try:
+            self.publisher.refresh()
+        except Exception as e:   # the inventory is informative: never stop the agent for it
+            log.warning("could not publish XdpNode %s: %s", self.config.node_name, e)
 
     def reconcile_safely(self, name: str) -> None:
         try:

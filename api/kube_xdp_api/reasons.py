@@ -49,6 +49,8 @@ NO_INTERFACES_MATCHED = "NoInterfacesMatched"
 CONFLICT = "Conflict"
 HOOK_BUSY = "HookBusy"
 DRIVER_MODE_UNSUPPORTED = "DriverModeUnsupported"
+OFFLOAD_UNSUPPORTED = "OffloadUnsupported"
+PROGRAM_NOT_OFFLOADABLE = "ProgramNotOffloadable"
 ATTACH_FAILED = "AttachFailed"
 PIN_FAILED = "PinFailed"
 DETACH_FAILED = "DetachFailed"
@@ -81,6 +83,11 @@ CATALOGUE: dict[str, str] = {
     CONFLICT: "The interface holds another program: an XdpProgram that outranks this one, or a foreign one (kept unless spec.takeOver).",
     HOOK_BUSY: "The interface's XDP hook changed under an attach or detach (another program is on it); left as it is.",
     DRIVER_MODE_UNSUPPORTED: "The driver refused the mode and every allowed fallback mode.",
+    OFFLOAD_UNSUPPORTED: "The interface cannot offload XDP, or its device refused the HW attach (the kernel's "
+                         "message says which); the next allowed mode is tried.",
+    PROGRAM_NOT_OFFLOADABLE: "The program breaks a rule of offloaded programs (maps other than array/hash, per-CPU "
+                             "maps, map flags, helpers a NIC cannot run) or the device refused its maps; the next "
+                             "allowed mode is tried.",
     ATTACH_FAILED: "The kernel refused the attach for another reason (errno in the message); retried.",
     PIN_FAILED: "Pinning in bpffs failed (bpffs not mounted, permissions); retried.",
     DETACH_FAILED: "Detaching or unpinning failed during cleanup; retried before the finalizer goes.",
@@ -106,6 +113,8 @@ STALLING: frozenset[str] = frozenset(
         CONFLICT,
         HOOK_BUSY,
         DRIVER_MODE_UNSUPPORTED,
+        OFFLOAD_UNSUPPORTED,
+        PROGRAM_NOT_OFFLOADABLE,
     }
 )
 

@@ -480,6 +480,7 @@ def node_status_schema() -> Schema:
                 },
             ),
             "interfaceCount": _int("Number of interfaces listed."),
+            "modeSummary": _str("How many interfaces support each mode, e.g. native=3,generic=4.", max_len=128),
             "interfaces": {
                 "type": "array",
                 "description": "The node's interfaces.",
@@ -491,6 +492,24 @@ def node_status_schema() -> Schema:
                     {
                         "name": _str("The interface.", max_len=15, min_len=1),
                         "driver": _str("The driver (ethtool -i).", max_len=64),
+                        "kind": _str("The link kind (veth, bridge, ...); absent for physical NICs.", max_len=64),
+                        "unknownModes": {
+                            "type": "array",
+                            "description": "Modes not probed (the hook held a program at the time).",
+                            "maxItems": len(spec.MODES),
+                            "x-kubernetes-list-type": "set",
+                            "items": _mode("An attach mode."),
+                        },
+                        "unsupported": {
+                            "type": "array",
+                            "description": "Modes the kernel refused when probed, with its message.",
+                            "maxItems": len(spec.MODES),
+                            "x-kubernetes-list-type": "map",
+                            "x-kubernetes-list-map-keys": ["mode"],
+                            "items": _obj("A refused mode.", {"mode": _mode("The mode."),
+                                                              "message": _message("The kernel's refusal.")},
+                                          required=["mode"]),
+                        },
                         "modes": {
                             "type": "array",
                             "description": "XDP modes the driver supports (probed).",
@@ -528,6 +547,7 @@ def node_crd() -> dict[str, Any]:
         {"name": "Kernel", "type": "string", "jsonPath": ".status.kernelRelease"},
         {"name": "BCC", "type": "string", "jsonPath": ".status.bccVersion"},
         {"name": "Interfaces", "type": "integer", "jsonPath": ".status.interfaceCount"},
+        {"name": "Modes", "type": "string", "jsonPath": ".status.modeSummary"},
         _AGE_COLUMN,
         {"name": "BTF", "type": "boolean", "jsonPath": ".status.btf", "priority": 1},
     ]

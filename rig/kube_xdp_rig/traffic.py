@@ -26,19 +26,28 @@ for i in range(count):
 """
 
 _RECEIVER = r"""
-import socket, sys, time
-bind, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+import signal, socket, sys
+bind, port = sys.argv[1], int(sys.argv[2])
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((bind, port))
+s.settimeout(0.05)
 print("ready", flush=True)
-s.settimeout(timeout)
 n = 0
-try:
-    while True:
+while not stop:
+    try:
         s.recv(2048)
         n += 1
-except socket.timeout:
-    pass
+    except (socket.timeout, InterruptedError):
+        pass
+s.setblocking(False)
+while True:                      # drain what arrived before the stop
+    try:
+        s.recv(2048)
+        n += 1
+    except (BlockingIOError, InterruptedError):
+        break
 print(n, flush=True)
 """
 
@@ -57,16 +66,21 @@ def send_udp(src_netns: str, dst: str, dport: int, count: int = 10, sport: int =
 
 class UdpReceiver:
     """Counts datagrams arriving at a UDP port inside a node namespace (a socket, so it
-    counts what got past XDP and the stack). Use as a context manager; `count()` stops
-    waiting after `idle` seconds without a datagram and returns the total."""
+    counts what got past XDP and the stack). Use as a context manager; call `count()`
+    after sending: it waits `grace` seconds for datagrams in flight, stops the receiver
+    and returns the total (no idle timeout, so a slow sender on a loaded machine cannot
+    make it stop early)."""
 
-    def __init__(self, netns: str, port: int, bind: str = "0.0.0.0", idle: float = 1.0):
-        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", _RECEIVER, bind, str(port), str(idle)],
+    def __init__(self, netns: str, port: int, bind: str = "0.0.0.0"):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", _RECEIVER, bind, str(port)],
                                      stdout=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"UDP receiver in {netns} failed to start")
 
-    def count(self, timeout: float = 60) -> int:
+    def count(self, grace: float = 0.5, timeout: float = 30) -> int:
+        import time
+        time.sleep(grace)
+        self.proc.terminate()
         out, _ = self.proc.communicate(timeout=timeout)
         return int(out.strip().splitlines()[-1])
 

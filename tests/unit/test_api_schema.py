@@ -207,7 +207,9 @@ NODE_STATUS = {
     "bccVersion": "0.26.0",
     "headers": {"found": True, "path": "/lib/modules/6.18.0-1-amd64/build"},
     "interfaceCount": 1,
-    "interfaces": [{"name": "eth0", "driver": "veth", "modes": ["native", "generic"],
+    "modeSummary": "native=1,generic=1",
+    "interfaces": [{"name": "eth0", "driver": "veth", "kind": "veth", "modes": ["native", "generic"],
+                    "unknownModes": [], "unsupported": [{"mode": "offload", "message": "EINVAL"}],
                     "attached": [{"mode": "native", "progId": 42}]}],
 }
 

@@ -1,0 +1,75 @@
+"""This node's XdpNode: the capability inventory (kernel, BTF, bcc, headers, interfaces
+with driver and probed XDP modes), created by the agent and kept current.
+
+Probing attaches a trivial XDP_PASS program to EMPTY hooks only (never an occupied one),
+once per interface (a refresh reuses earlier probes for the same interface), and runs on
+the agent's worker thread so it never races the agent's own attaches.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+
+from kubernetes.client.rest import ApiException
+
+from kube_xdp_api import conditions as cond
+from kube_xdp_api import names, reasons
+
+from .inventory import NodeInventory, probe_node
+
+log = logging.getLogger("kube_xdp_agent.nodeinfo")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node_status(inv: NodeInventory, old: dict | None, generation: int) -> dict:
+    """XdpNode status (pure): the inventory plus a Ready condition (headers present)."""
+    status = inv.to_status(extended=True)
+    status["observedGeneration"] = generation
+    conditions = (old or {}).get("conditions") or []
+    if inv.headers.found:
+        conditions = cond.set_condition(conditions, cond.READY, cond.TRUE, "Probed",
+                                        f"{status['modeSummary']} interface(s) per mode", generation, _now())
+    else:
+        conditions = cond.set_condition(conditions, cond.READY, cond.FALSE, reasons.HEADERS_NOT_FOUND,
+                                        "no kernel headers for bcc: mount the host's /lib/modules and /usr/src, "
+                                        "or enable CONFIG_IKHEADERS", generation, _now())
+    status["conditions"] = conditions
+    return status
+
+
+class NodePublisher:
+    def __init__(self, custom, node_name: str, netlink, *, probe: bool = True):
+        self.custom = custom
+        self.node_name = node_name
+        self.netlink = netlink
+        self.probe = probe
+        self.inventory: NodeInventory | None = None
+
+    def refresh(self) -> None:
+        self.inventory = probe_node(self.netlink, probe=self.probe, previous=self.inventory)
+        obj = self._get_or_create()
+        status = node_status(self.inventory, obj.get("status"), int(obj["metadata"].get("generation") or 1))
+        if all((obj.get("status") or {}).get(k) == v for k, v in status.items()):
+            return
+        self.custom.patch_cluster_custom_object_status(names.GROUP, names.VERSION, names.NODES, self.node_name,
+                                                       {"status": status})
+
+    def _get_or_create(self) -> dict:
+        try:
+            return self.custom.get_cluster_custom_object(names.GROUP, names.VERSION, names.NODES, self.node_name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        body = {"apiVersion": names.API_VERSION, "kind": names.NODE_KIND,
+                "metadata": {"name": self.node_name, "labels": {names.LABEL_NODE: names.node_label_value(self.node_name)}},
+                "spec": {"nodeName": self.node_name}}
+        try:
+            return self.custom.create_cluster_custom_object(names.GROUP, names.VERSION, names.NODES, body)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            return self.custom.get_cluster_custom_object(names.GROUP, names.VERSION, names.NODES, self.node_name)
