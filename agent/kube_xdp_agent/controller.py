@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes.client.rest import ApiException
 
 from kube_xdp_api import names, reasons
@@ -95,6 +96,13 @@ class Agent:
         self.synced = threading.Event()
         self.last_watch_ok = time.monotonic()
         self._lock = threading.Lock()
+        # At most one queued reconcile and one pending retry per attachment: without this
+        # every resync tick and every failure started another retry chain, so an API outage
+        # grew the work (and the log) with its length (tests/faults: 60 s -> 64k log lines,
+        # a deletion delayed > 90 s behind the backlog once the server was back).
+        self._qlock = threading.Lock()
+        self._queued: set[str] = set()
+        self._retrying: set[str] = set()
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> None:
@@ -114,13 +122,16 @@ class Agent:
                 if time.monotonic() < next_resync:
                     continue
                 with self._lock:
-                    for n in list(self.cache):
-                        self.queue.put(n)
+                    names_ = list(self.cache)
+                for n in names_:
+                    self._enqueue(n)
                 self._collect_orphans()
                 next_resync = time.monotonic() + self.config.resync
                 continue
             if name is None:
                 break
+            with self._qlock:
+                self._queued.discard(name)       # a change from now on queues it again
             self.reconcile_safely(name)
 
     def _publish_inventory(self) -> None:
@@ -134,12 +145,35 @@ class Agent:
     def reconcile_safely(self, name: str) -> None:
         try:
             self.reconcile(name)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as e:   # the API server, most likely away
+            log.warning("reconcile of %s failed (%s: %s); retrying in %.0fs", name, type(e).__name__,
+                        str(e).splitlines()[0][:300] if str(e) else "", TRANSIENT_RETRY)
+            self._later(name, TRANSIENT_RETRY)
         except Exception:   # one attachment's trouble never stops the agent
             log.exception("reconcile of %s failed; retrying in %.0fs", name, TRANSIENT_RETRY)
             self._later(name, TRANSIENT_RETRY)
 
+    def _enqueue(self, name: str) -> None:
+        """Queue a reconcile of `name` unless one is queued already."""
+        with self._qlock:
+            if name in self._queued:
+                return
+            self._queued.add(name)
+        self.queue.put(name)
+
     def _later(self, name: str, delay: float) -> None:
-        t = threading.Timer(delay, self.queue.put, args=(name,))
+        """Reconcile `name` again in `delay` s, unless a retry is pending already."""
+        with self._qlock:
+            if name in self._retrying:
+                return
+            self._retrying.add(name)
+
+        def fire() -> None:
+            with self._qlock:
+                self._retrying.discard(name)
+            self._enqueue(name)
+
+        t = threading.Timer(delay, fire)
         t.daemon = True
         t.start()
 
@@ -153,7 +187,7 @@ class Agent:
                     seen = {o["metadata"]["name"]: o for o in listing.get("items", [])}
                     self.cache = seen
                 for n in seen:
-                    self.queue.put(n)
+                    self._enqueue(n)
                 log.info("listed %d attachment(s) of this node; watching from resourceVersion %s",
                          len(seen), listing["metadata"]["resourceVersion"])
                 self.synced.set()
@@ -179,7 +213,7 @@ class Agent:
                             self.cache.pop(name, None)
                         else:
                             self.cache[name] = obj
-                    self.queue.put(name)
+                    self._enqueue(name)
             except Exception as e:  # API server away: keep the datapath, retry with backoff
                 delay = backoff * random.uniform(0.5, 1.0)      # jitter: agents do not retry in step
                 log.warning("watch of attachments failed (%s); retrying in %.1fs", e, delay)

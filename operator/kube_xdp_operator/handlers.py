@@ -66,6 +66,7 @@ class Reconciler:
         self._running: set[str] = set()
         self._node_seen: dict[str, tuple] = {}
         self._retry_soon: set[str] = set()
+        self._retry_pending: set[str] = set()
 
     def bind(self, programs, nodes, attachments) -> None:
         self.programs, self.nodes, self.attachments = programs, nodes, attachments
@@ -85,18 +86,30 @@ class Reconciler:
                     # urllib3's MaxRetryError (API server unreachable) is not an OSError: without
                     # it here the handler failed to kopf, which retries a failed handler only
                     # after its own backoff (60 s), not RETRY_SECONDS.
-                    log.warning("reconcile of %s failed, retrying in %.0fs: %s", name, RETRY_SECONDS, e)
-                    asyncio.get_running_loop().call_later(
-                        RETRY_SECONDS, lambda: asyncio.ensure_future(self.request(name)))
+                    log.warning("reconcile of %s failed, retrying in %.0fs: %s", name, RETRY_SECONDS,
+                                str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+                    self._retry_later(name)
                     return
                 for type_, reason, message in events:
                     kopf.event(body, type=type_, reason=reason, message=message)
                 if name in self._retry_soon:
                     self._retry_soon.discard(name)
-                    asyncio.get_running_loop().call_later(
-                        RETRY_SECONDS, lambda: asyncio.ensure_future(self.request(name)))
+                    self._retry_later(name)
         finally:
             self._running.discard(name)
+
+    def _retry_later(self, name: str) -> None:
+        """One pending retry per program: every failed trigger (events, timers) used to
+        start its own retry chain, so an API outage multiplied the retries with its length."""
+        if name in self._retry_pending:
+            return
+        self._retry_pending.add(name)
+
+        def fire() -> None:
+            self._retry_pending.discard(name)
+            asyncio.ensure_future(self.request(name))
+
+        asyncio.get_running_loop().call_later(RETRY_SECONDS, fire)
 
     def node_changed(self, name: str, labels: Mapping, deleting: bool, event_type: str | None) -> bool:
         """True if a node event can change placement (labels, deletion, appearance)."""

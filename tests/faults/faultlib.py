@@ -140,8 +140,11 @@ class Flow:
         node's interfaces, or a link dict of the same shape."""
         self.node = node
         self.link = iface if isinstance(iface, dict) else node.interfaces[iface]
-        self.count = int((rate or MAX_RATE) * max_seconds)
+        # trafgen runs a limited rate faster than asked when it falls behind (a busy
+        # machine): the count is 3x the rate, the duration is bounded by a watchdog.
+        self.count = int((rate * 3 if rate else MAX_RATE) * max_seconds)
         self.rate, self.max_seconds = rate, max_seconds
+        self._watchdog: threading.Timer | None = None
         self.config = traffic.trafgen_config(src_mac=self.link["src_mac"], dst_mac=self.link["node_mac"],
                                              src_ip=self.link["src_ip"], dst_ip=self.link["node_ip"], dport=port)
         self.proc: subprocess.Popen | None = None
@@ -160,9 +163,16 @@ class Flow:
              *(["--rate", f"{self.rate}pps"] if self.rate else [])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.t0 = time.monotonic()
+        self._watchdog = threading.Timer(max(self.max_seconds, 1.0), self._interrupt)
+        self._watchdog.daemon = True
+        self._watchdog.start()
         time.sleep(0.2)
         assert self.running(), f"trafgen did not start: {self.proc.communicate()[0][-500:]!r}"
         return self
+
+    def _interrupt(self) -> None:
+        if self.running():
+            os.killpg(self.proc.pid, signal.SIGINT)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -173,6 +183,8 @@ class Flow:
     def wait(self) -> FlowResult:
         """Stop the flow now (if still running) and count."""
         assert self.proc is not None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         ended_early = not self.running()
         if not ended_early:
             os.killpg(self.proc.pid, signal.SIGINT)
@@ -188,7 +200,7 @@ class Flow:
         match = re.search(r"(\d+) packets outgoing", self.output)
         assert match, f"trafgen did not report what it sent (exit {self.proc.returncode}): {self.output[-500:]!r}"
         sent = int(match.group(1))
-        assert not ended_early or sent == self.count, \
+        assert not ended_early or sent == self.count or took >= self.max_seconds, \
             f"trafgen ended early after {took:.1f} s (exit {self.proc.returncode}): {self.output[-500:]!r}"
         time.sleep(0.3)                                   # let the last frames through NAPI
         dropped = tx_dropped(self.node.src_netns, self.link["name"]) - self._drop0
@@ -197,6 +209,8 @@ class Flow:
         return self.result
 
     def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.proc is not None:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
