@@ -165,7 +165,14 @@ def _compile_here(request: dict) -> tuple[dict, list[int]]:
     try:
         req = CompileRequest(source=request["source"], entrypoint=request["entrypoint"],
                              defines=request.get("defines") or {}, device=request.get("device"))
-        loaded = Compiler().load(req)
+        if req.device:
+            # device-bound, for offload: rules checked, refusals classified (kernel/offload.py)
+            from .kernel.netlink import Netlink
+            from .kernel.offload import load_for_offload
+            with Netlink(request.get("netns")) as netlink:
+                loaded = load_for_offload(Compiler(), netlink, req.device, req)
+        else:
+            loaded = Compiler().load(req)
     except KernelError as e:
         return {"error": {"class": type(e).__name__, "reason": e.reason, "message": e.message,
                           "output": getattr(e, "output", None)}}, []

@@ -38,6 +38,7 @@ from kube_xdp_api.spec import SpecError, source_digest, validate_program_name
 from .build import InProcessBuilder
 from .desired import Desired, resolve_interfaces
 from .execute import Executor, IfaceResult
+from .kernel import offload
 from .kernel.compile import CompileRequest
 from .kernel.errors import KernelError
 from .nodeinfo import NodePublisher
@@ -289,9 +290,13 @@ class Agent:
             d.spec.fields.interfaces, sorted(observed.hooks), observed.primary)
         rank, rivals = self._ranks(att, d)
         held = frozenset(i["name"] for i in (old or {}).get("interfaces") or [] if i.get("ready") and i.get("progId"))
+        offloaded = ({t: self.builder.key(dataclasses.replace(req, device=t))[:12] for t in targets}
+                     if "offload" in d.modes else {})
         actions = plan_attach(program=program, want=digest, targets=targets, modes=d.modes, observed=observed,
-                              rank=rank, rivals=rivals, take_over=d.spec.fields.take_over, held=held)
-        executor = Executor(self.netlink, self.pins, program=program, want=digest, want_id=pinned.prog_id)
+                              rank=rank, rivals=rivals, take_over=d.spec.fields.take_over, held=held,
+                              offloaded=offloaded)
+        executor = Executor(self.netlink, self.pins, program=program, want=digest, want_id=pinned.prog_id,
+                            offload_build=self._offload_builder(program, req))
         outcome = executor.run(actions)
         executor.run(plan_gc(program=program, keep=digest, observed=observe(self.netlink, self.pins)))
         results = list(outcome.interfaces)
@@ -302,6 +307,13 @@ class Agent:
         failure = (missing_reason, missing_message) if missing_reason and not results else None
         before = {i["name"]: i for i in (old or {}).get("interfaces") or []} \
             if (old or {}).get("observedGeneration") == generation else {}
+        reported = {i["name"]: i for i in (old or {}).get("interfaces") or []}
+        for r in results:
+            # A program kept in a fallback mode keeps saying why the preferred mode was not used.
+            was = reported.get(r.interface) or {}
+            if r.ok and not r.changed and not r.reason and r.mode != d.modes[0] \
+                    and was.get("progId") == r.prog_id and was.get("reason"):
+                r.reason, r.message = was["reason"], was.get("message", "")
         for r in results:
             if r.changed:
                 log.info("%s: %s -> program %s in %s mode", att["metadata"]["name"], r.interface, r.prog_id, r.mode)
@@ -348,6 +360,21 @@ class Agent:
                         f"{r.interface}: took over from {whose} (program {prog_id}, priority "
                         f"{rival.priority if rival else '?'}) with priority {rank.priority}: atomic replace with "
                         f"program {r.prog_id} in {r.mode} mode")
+
+    def _offload_builder(self, program: str, req: CompileRequest):
+        """iface -> (digest12, prog id) of `req` built and pinned for offload on that
+        interface's device: the offload rules are checked on the source first (no compile
+        for a program that cannot be offloaded), then the worker loads it device-bound."""
+        def build(iface: str) -> tuple[str, int]:
+            offload.check_source(req.source, program=program, interface=iface, mode="offload")
+            dreq = dataclasses.replace(req, device=iface)
+            digest = self.builder.key(dreq)[:12]
+            pinned = {p.digest12: p for p in self.pins.open_pinned(program)}
+            if digest not in pinned:
+                self.builder.build(dreq, program)
+                pinned = {p.digest12: p for p in self.pins.open_pinned(program)}
+            return digest, pinned[digest].prog_id
+        return build
 
     @staticmethod
     def _still_attached(program: str, observed, reason: str) -> list[IfaceResult]:

@@ -38,12 +38,16 @@ class Outcome:
 
 
 class Executor:
-    def __init__(self, netlink, pins, *, program: str, want: str | None = None, want_id: int | None = None):
+    def __init__(self, netlink, pins, *, program: str, want: str | None = None, want_id: int | None = None,
+                 offload_build=None):
         self.netlink = netlink
         self.pins = pins
         self.program = program
         self.want = want            # digest12 of the program to put on hooks
         self.want_id = want_id      # its prog id (from its pin)
+        # iface -> (digest12, prog id) of the program built and pinned for offload on it;
+        # raises ProgramNotOffloadable / AttachError(OffloadUnsupported) when it cannot be.
+        self.offload_build = offload_build
 
     def run(self, actions: list[Action]) -> Outcome:
         out = Outcome([], [], [], [])
@@ -93,21 +97,33 @@ class Executor:
 
     # -- steps -----------------------------------------------------------------------
     def _attach(self, iface: str, modes: tuple[str, ...]) -> IfaceResult:
+        """Attach in the first of `modes` the kernel accepts; offload uses the program built
+        for the interface's device, the other modes the host program. Each refusal is kept
+        (mode, the kernel's words) and reported when a later mode is used."""
         assert self.want is not None
         refused: list[str] = []
         first_reason = None
-        with self.pins.open_prog_fd(self.program, self.want) as fd:
-            for mode in modes:
-                try:
+        for mode in modes:
+            try:
+                if mode == "offload" and self.offload_build is not None:
+                    digest, want_id = self.offload_build(iface)
+                else:
+                    digest, want_id = self.want, self.want_id
+                with self.pins.open_prog_fd(self.program, digest) as fd:
                     state = self.netlink.attach(iface, fd.fd, mode)
-                except AttachError as e:
-                    first_reason = first_reason or e.reason
-                    refused.append(f"{mode}: {e.kernel_message or e}")
-                    continue
-                except HookBusy as e:
-                    return IfaceResult(iface, False, reason=reasons.CONFLICT, message=str(e))
-                return self._verified(iface, state, mode, changed=True,
-                                      fallback=(first_reason, "; ".join(refused)) if refused else None)
+            except HookBusy as e:
+                return IfaceResult(iface, False, reason=reasons.CONFLICT, message=str(e))
+            except (AttachError, KernelError) as e:
+                if not isinstance(e, AttachError) and e.reason != reasons.PROGRAM_NOT_OFFLOADABLE:
+                    raise
+                reason = e.reason
+                if mode == "offload" and reason not in (reasons.PROGRAM_NOT_OFFLOADABLE, reasons.OFFLOAD_UNSUPPORTED):
+                    reason = reasons.OFFLOAD_UNSUPPORTED
+                first_reason = first_reason or reason
+                refused.append(f"{mode}: {getattr(e, 'kernel_message', None) or e}")
+                continue
+            return self._verified(iface, state, mode, changed=True, want_id=want_id,
+                                  fallback=(first_reason, "; ".join(refused)) if refused else None)
         return IfaceResult(iface, False, reason=first_reason or reasons.ATTACH_FAILED,
                            message=f"no allowed mode attached on {iface}: " + "; ".join(refused))
 
@@ -133,9 +149,9 @@ class Executor:
         with self.pins.open_prog_fd(self.program, digest) as fd:
             self.netlink.detach(iface, mode, expected_prog_fd=fd.fd)
 
-    def _verified(self, iface, state, mode, *, changed, fallback=None) -> IfaceResult:
+    def _verified(self, iface, state, mode, *, changed, fallback=None, want_id=None) -> IfaceResult:
         """The result as read back from netlink: the wanted program in `mode`, or a failure."""
-        want_id = self.want_id
+        want_id = want_id if want_id is not None else self.want_id
         got = state.prog_id_for(mode)
         if got != want_id:
             return IfaceResult(iface, False, reason=reasons.ATTACH_FAILED,

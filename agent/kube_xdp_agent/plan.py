@@ -138,19 +138,31 @@ Action = Keep | Attach | Replace | Reattach | Detach | Conflict | Takeover | Rep
 
 def plan_attach(*, program: str, want: str, targets: list[str], modes: tuple[str, ...],
                 observed: Observed, rank: Rank | None = None, rivals: Mapping[str, Rank] | None = None,
-                take_over: bool = False, held: frozenset[str] | set[str] = frozenset()) -> list[Action]:
+                take_over: bool = False, held: frozenset[str] | set[str] = frozenset(),
+                offloaded: Mapping[str, str] | None = None) -> list[Action]:
     """Actions that put digest `want` of `program` on exactly `targets`.
+
+    `offloaded` maps an interface to the digest of the program built for offload on it
+    (a device-bound object of its own): already in offload mode there -> Keep; an older
+    offloaded version -> Reattach by policy (an offloaded program cannot be swapped for a
+    host one in place).
 
     `rank` is this program's, `rivals` the other XdpPrograms' with an attachment on this
     node; `take_over` is spec.takeOver; `held` the interfaces this attachment last reported
     ready with its own program (its status)."""
     want_id = observed.pins.get(program, {}).get(want)
+    offloaded = offloaded or {}
     actions: list[Action] = []
     for name in targets:
         hook = observed.hooks.get(name) or Hook(name, None, None)
         owner = observed.owner(hook.prog_id)
         if hook.prog_id is None:
             actions.append(Attach(name, modes))
+        elif hook.mode == "offload" and owner is not None and owner[0] == program:
+            if "offload" in modes and owner[1] == offloaded.get(name):
+                actions.append(Keep(name, hook.prog_id, "offload"))
+            else:
+                actions.append(Reattach(name, owner[1], "offload", modes))
         elif owner == (program, want) and hook.prog_id == want_id:
             if hook.mode in modes:
                 actions.append(Keep(name, hook.prog_id, hook.mode))
