@@ -223,7 +223,7 @@ class Bench:
                 if e.status != 404:
                     raise
 
-    def start_hollow(self, nodes: list[str], procs: int = 1, timeout: float = 120) -> list[int]:
+    def start_hollow(self, nodes: list[str], procs: int = 1, timeout: float | None = None) -> list[int]:
         """Start hollow agents for `nodes` in `procs` processes (tracked by the rig, so
         `down` stops them); wait until each has listed its attachments."""
         chunks = [nodes[i::procs] for i in range(procs)]
@@ -236,6 +236,7 @@ class Bench:
                                                     self.info.kubeconfigs["agent"], "--state", self.info.state_dir,
                                                     *chunk], env=env))
             logs.append(log)
+        timeout = timeout or 60 + 1.5 * len(nodes)     # a loaded machine: 200 TLS clients take a while
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if all(l.exists() and "synced" in l.read_text() for l in logs):

@@ -20,10 +20,23 @@ import sys
 import threading
 
 HOLLOW_LABEL = "kubexdp.io/hollow"
+
+
+class NoInventory:
+    """Stands in for the agent's XdpNode publisher (its probe attaches real programs, so
+    hollow nodes publish no XdpNode). Needed because Agent.run, with no publisher
+    (AgentConfig.inventory False, or the CLI's --no-inventory), busy-waits between
+    resyncs: queue.get(timeout=0) in a loop, one core per agent (reported). With this
+    no-op the loop sleeps until the next resync, as in a real agent."""
+
+    inventory = None
+
+    def refresh(self) -> None:
+        return None
 INTERFACES = ("eth0", "eth1")
 
 
-def make_agent(node: str, kubeconfig: str, resync: float):
+def make_agent(node: str, configuration, resync: float):
     import kubernetes
 
     from kube_xdp_agent.controller import Agent, AgentConfig
@@ -33,8 +46,11 @@ def make_agent(node: str, kubeconfig: str, resync: float):
     for i, name in enumerate(INTERFACES):
         kernel.add_interface(name, default_route=(i == 0))
     kernel.mount_bpffs("/sys/fs/bpf")        # in memory: FakeKernel touches no file
-    client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
-    return Agent(AgentConfig(node_name=node, bpffs="/sys/fs/bpf", netns=None, resync=resync), client, kernel)
+    client = kubernetes.client.ApiClient(configuration)     # its own client: own connection pool
+    agent = Agent(AgentConfig(node_name=node, bpffs="/sys/fs/bpf", netns=None, resync=resync), client, kernel)
+    if getattr(agent, "publisher", "absent") is None:
+        agent.publisher = NoInventory()
+    return agent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("nodes", nargs="+")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s hollow: %(message)s")
-    agents = [make_agent(n, args.kubeconfig, args.resync) for n in args.nodes]
+    import kubernetes
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(config_file=args.kubeconfig, client_configuration=configuration)
+    agents = [make_agent(n, configuration, args.resync) for n in args.nodes]
+    print(f"created {len(agents)} hollow agents", flush=True)
     threads = [threading.Thread(target=a.run, name=f"agent-{n}", daemon=True) for a, n in zip(agents, args.nodes)]
     done = threading.Event()
 
@@ -59,10 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     for t in threads:
         t.start()
-    for a in agents:
+    for i, a in enumerate(agents):
         while not a.synced.wait(0.5):
             if done.is_set():
                 return 0
+        if (i + 1) % 50 == 0:
+            print(f"listed: {i + 1}", flush=True)
     print(f"synced {len(agents)}", flush=True)
     done.wait()
     for t in threads:

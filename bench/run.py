@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 finish_api(bench, res)
             except Exception as e:  # noqa: BLE001
                 res["errors"].append(f"audit log: {type(e).__name__}: {e}")
-            bench.close(keep_logs=Path(f"/tmp/kube-xdp-bench-{name}-logs") if res["errors"] else None)
+            timed_out = any(r["seconds"] is None for r in res.get("convergence_runs", []))
+            bench.close(keep_logs=Path(f"/tmp/kube-xdp-bench-{name}-logs") if res["errors"] or timed_out else None)
     res["machine"]["loadavg_end"] = machine.loadavg()
     res["finished"] = now()
     res["duration_s"] = round(time.monotonic() - t_start, 1)
