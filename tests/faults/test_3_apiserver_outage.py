@@ -49,13 +49,15 @@ def test_apiserver_outage_datapath_unaffected_and_everything_converges(fx, frig,
         fx.patch_spec("kxf-updated", {"defines": {"PORT": "9104", "VERSION": "2"}})
         assert rig.stop_apiserver()
         down = time.monotonic()
-        time.sleep(3.0)
-        # drift during the outage: detached behind the agent's back, repaired without the API
-        subprocess.run(["ip", "-n", n3.netns, "link", "set", "dev", "eth0", "xdp", "off"], check=True)
-        (_, repaired_id), repaired_in = wait_until(lambda: (lambda h: h if h[1] else None)(
-            kernel_xdp(n3.netns, "eth0")), 15, "node-3 eth0 repaired while the API server is down")
-        time.sleep(max(0.0, OUTAGE - (time.monotonic() - down)))
-        rig.start_apiserver()
+        try:
+            time.sleep(3.0)
+            # drift during the outage: detached behind the agent's back, repaired without the API
+            subprocess.run(["ip", "-n", n3.netns, "link", "set", "dev", "eth0", "xdp", "off"], check=True)
+            (_, repaired_id), repaired_in = wait_until(lambda: (lambda h: h if h[1] else None)(
+                kernel_xdp(n3.netns, "eth0")), 30, "node-3 eth0 repaired while the API server is down")
+            time.sleep(max(0.0, OUTAGE - (time.monotonic() - down)))
+        finally:
+            rig.start_apiserver(timeout=180)     # whatever happened: the next scenarios need it
         back = time.monotonic()
         outage = back - down
         print(f"API server back after {outage:.1f} s; flow running for {flow.elapsed():.1f} s")
