@@ -111,7 +111,7 @@ class Agent:
         watcher.start()
         self.synced.wait()
         next_resync = time.monotonic() + self.config.resync
-        next_inventory = time.monotonic()
+        next_inventory = time.monotonic() if self.publisher is not None else float("inf")
         while not self.stop.is_set():
             if self.publisher is not None and time.monotonic() >= next_inventory:
                 self._publish_inventory()
