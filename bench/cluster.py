@@ -26,8 +26,8 @@ EXAMPLES = REPO / "examples"
 INSTANCE = "kxb"
 RIG_NODE_SELECTOR = {"matchLabels": {"kubexdp.io/rig-node": "true"}}
 HOLLOW_SELECTOR = {"matchLabels": {HOLLOW_LABEL: "true"}}
-# eth0/eth1: the convergence runs and examples; eth2: blocklist (role=edge); on node-3,
-# eth2-eth7 carry the hand-attached copies of the datapath comparison.
+# eth0/eth1: the convergence runs and examples; eth2: blocklist (role=edge); on node-3
+# and node-1, eth2-eth7 carry the hand-attached copies of the datapath comparison.
 INTERFACES = ("eth0", "eth1", "eth2", "eth3", "eth4", "eth5", "eth6", "eth7")
 
 
