@@ -171,6 +171,31 @@ class Reconciler:
         self.api.patch_program_status(program["metadata"]["name"], patch)
         return status_mod.transitions(old, new)
 
+    def orphans(self, program: str) -> list[dict]:
+        """Attachments labelled for `program` whose owner (an XdpProgram uid) no longer exists:
+        the program was deleted before the operator's finalizer was on it (created just before
+        an API outage or an operator crash), or replaced by one of the same name. A cluster's
+        garbage collector would delete them eventually; the operator does not rely on it (the
+        rig has none), and a stale one would block the new program's attachment of that name."""
+        current = _first(self.programs, program)
+        uid = (current or {}).get("metadata", {}).get("uid")
+        out = []
+        for att in list(self.attachments.get(program, [])):
+            refs = [r for r in (att.get("metadata") or {}).get("ownerReferences") or []
+                    if r.get("kind") == names.PROGRAM_KIND]
+            if refs and not any(r.get("uid") == uid for r in refs) \
+                    and not (att.get("metadata") or {}).get("deletionTimestamp"):
+                out.append(att)
+        return out
+
+    def delete_orphans(self, program: str) -> None:
+        nodes = {n["metadata"]["name"] for store in list(self.nodes.values()) for n in list(store)}
+        for att in self.orphans(program):
+            log.warning("deleting attachment %s: its XdpProgram is gone", att["metadata"]["name"])
+            self.api.delete_attachment(att["metadata"]["name"])
+            if (att.get("spec") or {}).get("nodeName") not in nodes:
+                self.api.release_attachment(att)       # no agent to wait for
+
     def owned_attachments(self, name: str, uid: str) -> list[dict]:
         return [a for a in list(self.attachments.get(name, [])) if placement.is_owned_by(a, uid)]
 
@@ -244,8 +269,11 @@ def _bound(program_index, node_index, attachment_index) -> Reconciler:
 
 @kopf.on.event(names.GROUP, names.VERSION, names.PROGRAMS)
 async def program_event(name: str, type: str, program_index, node_index, attachment_index, **_: Any) -> None:
+    rec = _bound(program_index, node_index, attachment_index)
     if type != "DELETED":
-        await _bound(program_index, node_index, attachment_index).request(name)
+        await rec.request(name)
+    elif rec.orphans(name):                 # deleted without our finalizer: nobody else deletes them
+        await asyncio.to_thread(rec.delete_orphans, name)
 
 
 @kopf.on.event("v1", "nodes")
@@ -260,7 +288,10 @@ async def node_event(name: str, type: str, labels: Mapping, meta: Mapping,
 async def attachment_event(labels: Mapping, program_index, node_index, attachment_index, **_: Any) -> None:
     program = labels.get(names.LABEL_PROGRAM)
     if program:
-        await _bound(program_index, node_index, attachment_index).request(program)
+        rec = _bound(program_index, node_index, attachment_index)
+        if rec.orphans(program):            # also at start-up: what a crashed operator left behind
+            await asyncio.to_thread(rec.delete_orphans, program)
+        await rec.request(program)
 
 
 @kopf.timer(names.GROUP, names.VERSION, names.PROGRAMS, interval=RESYNC_SECONDS, idle=RESYNC_SECONDS)
