@@ -15,6 +15,7 @@ from kubernetes.client.rest import ApiException
 from kube_xdp_api import names
 from kube_xdp_rig import workloads
 from kube_xdp_rig.config import RigConfig
+from kube_xdp_rig.controlplane import free_ports
 from kube_xdp_rig.rig import Rig, RigInfo
 
 from . import procstat
@@ -29,18 +30,6 @@ HOLLOW_SELECTOR = {"matchLabels": {HOLLOW_LABEL: "true"}}
 # eth0/eth1: the convergence runs and examples; eth2: blocklist (role=edge); on node-3
 # and node-1, eth2-eth7 carry the hand-attached copies of the datapath comparison.
 INTERFACES = ("eth0", "eth1", "eth2", "eth3", "eth4", "eth5", "eth6", "eth7")
-
-
-def free_ports() -> tuple[int, int]:
-    """(apiserver, etcd) ports free on 127.0.0.1 now; etcd also uses etcd+1."""
-    import random
-
-    from kube_xdp_rig.controlplane import port_owner
-    rnd = random.Random()
-    while True:
-        api, etcd = rnd.randrange(20000, 60000), rnd.randrange(20000, 60000)
-        if abs(api - etcd) > 2 and not any(port_owner(p) for p in (api, etcd, etcd + 1)):
-            return api, etcd
 
 
 def example(name: str) -> dict:
@@ -69,7 +58,7 @@ def program_body(name: str, base: dict, selector: dict, interfaces: list[str], *
 class Bench:
     def __init__(self, log=print, *, nodes: int = 3):
         self.log = log
-        api_port, etcd_port = free_ports()
+        etcd_port, _, api_port = free_ports(3, consecutive=True)
         self.config = RigConfig(instance=INSTANCE, nodes=nodes, interfaces=INTERFACES,
                                 node_labels={"node-2": {"role": "edge"}},
                                 apiserver_port=api_port, etcd_port=etcd_port, audit=True)

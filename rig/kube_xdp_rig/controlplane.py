@@ -36,6 +36,37 @@ def port_owner(port: int) -> str | None:
     return out.split("users:", 1)[1].strip() if "users:" in out else "an unknown process"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(n: int = 1, consecutive: bool = False) -> list[int]:
+    """n ports free on 127.0.0.1 now, for a rig instance of its own (tests, bench).
+
+    They are taken below the kernel's ephemeral range (ip_local_port_range): a port chosen
+    inside it can be grabbed minutes later as the local end of any outgoing connection
+    (the API server's own connections to etcd, for one), and etcd then cannot bind it."""
+    import random
+    low, high = _ephemeral_range()
+    if low - n > 12000:
+        bottom, top = 10000, low - n
+    elif high + 2000 < 65535 - n:
+        bottom, top = max(high + 1, 10000), 65535 - n
+    else:                                   # no room outside the range: take our chances
+        bottom, top = 10000, 60000
+    rnd = random.Random()
+    for _ in range(10000):
+        base = rnd.randrange(bottom, top)
+        ports = [base + i for i in range(n)] if consecutive else [rnd.randrange(bottom, top) for _ in range(n)]
+        if len(set(ports)) == n and not any(port_owner(p) for p in ports):
+            return ports
+    raise RigError(f"no {n} free ports found between {bottom} and {top}")
+
+
 def ensure_port_free(port: int, what: str, flag: str, grace: float = 0.0) -> None:
     """Raise a one-line RigError naming the owner if the port is taken. `grace` waits for
     a port held by a process that was just killed (the kernel closes it asynchronously)."""

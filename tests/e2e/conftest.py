@@ -1,5 +1,5 @@
 """The rig fixture: a real kube-apiserver + etcd and simulated nodes, on an instance of
-its own (prefix 'kxe', ports 16443/12379) so tests never touch a person's demo rig."""
+its own (prefix 'kxe', free ports below the ephemeral range) so tests never touch a person's demo rig."""
 
 from __future__ import annotations
 
@@ -9,26 +9,15 @@ import kubernetes
 import pytest
 
 from kube_xdp_rig.config import RigConfig
+from kube_xdp_rig.controlplane import free_ports
 from kube_xdp_rig.rig import Rig, RigInfo
 
 TEST_INSTANCE = "kxe"
 
 
-def free_ports(n: int = 1, consecutive: bool = False) -> list[int]:
-    """Ports free on 127.0.0.1 right now (the machine may run other API servers)."""
-    from kube_xdp_rig.controlplane import port_owner
-    import random
-    rnd = random.Random()
-    while True:
-        base = rnd.randrange(20000, 60000)
-        ports = [base + i for i in range(n)] if consecutive else [rnd.randrange(20000, 60000) for _ in range(n)]
-        if len(set(ports)) == n and not any(port_owner(p) for p in ports):
-            return ports
-
-
-_ETCD = free_ports(2, consecutive=True)[0]
+_ETCD, _, _API = free_ports(3, consecutive=True)    # etcd uses etcd+1 too
 TEST_CONFIG = dict(instance=TEST_INSTANCE, nodes=3, interfaces=("eth0", "eth1"),
-                   apiserver_port=free_ports()[0], etcd_port=_ETCD,
+                   apiserver_port=_API, etcd_port=_ETCD,
                    node_labels={"node-2": {"role": "edge"}})
 
 

@@ -10,7 +10,6 @@ At the end of the session the scenario table (faultlib.TABLE) is printed, and wr
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import time
@@ -21,7 +20,7 @@ import pytest
 
 from kube_xdp_rig import workloads
 from kube_xdp_rig.config import RigConfig
-from kube_xdp_rig.controlplane import port_owner
+from kube_xdp_rig.controlplane import free_ports
 from kube_xdp_rig.rig import Rig, RigInfo
 from tests.e2e.kubexdp import Cluster
 
@@ -30,15 +29,7 @@ from .faultlib import TABLE
 FAULT_INSTANCE = "kxf"
 
 
-def _free_ports(n: int) -> int:
-    """A base port with n consecutive ports free on 127.0.0.1."""
-    while True:
-        base = random.randrange(20000, 60000)
-        if not any(port_owner(base + i) for i in range(n)):
-            return base
-
-
-_BASE = _free_ports(3)
+_BASE = free_ports(3, consecutive=True)[0]
 FAULT_CONFIG = dict(instance=FAULT_INSTANCE, nodes=3, interfaces=("eth0", "eth1"),
                     etcd_port=_BASE, apiserver_port=_BASE + 2)
 
