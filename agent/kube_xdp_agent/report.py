@@ -95,7 +95,10 @@ def _set3(conditions, generation, now, *, ready, reconciling, stalled):
 
 def transition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """Events for condition transitions (low volume): Stalled turning True or changing
-    reason -> Warning; Ready turning True -> Normal."""
+    reason -> Warning. A node turning Ready posts nothing: the program's Ready Event (the
+    operator's) says it once for all nodes, and one Normal Event per node and rollout was
+    a fifth of kube-xdp's API writes (bench/). Recoveries worth a line (DriftRepaired,
+    PinRepaired, TookOver) are posted by the controller where they happen."""
     def get(status, type_):
         return cond.get_condition((status or {}).get("conditions"), type_) or {}
     out = []
@@ -103,7 +106,4 @@ def transition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> 
     if new_stalled.get("status") == cond.TRUE and (old_stalled.get("status") != cond.TRUE
                                                     or old_stalled.get("reason") != new_stalled.get("reason")):
         out.append(("Warning", new_stalled.get("reason", "Stalled"), new_stalled.get("message", "")[:1024]))
-    old_ready, new_ready = get(old, cond.READY), get(new, cond.READY)
-    if new_ready.get("status") == cond.TRUE and old_ready.get("status") != cond.TRUE:
-        out.append(("Normal", new_ready.get("reason", "Ready"), new_ready.get("message", "")))
     return out

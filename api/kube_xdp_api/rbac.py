@@ -19,13 +19,15 @@ G = names.GROUP
 # (apiGroup, resources, verbs, why)
 OPERATOR_RULES = [
     (G, ["xdpprograms"], ["get", "list", "watch", "patch"],
-     "watch programs; patch only metadata: kopf's finalizer and progress annotations"),
+     "watch programs; patch only metadata: the operator's finalizer"),
     (G, ["xdpprograms/status"], ["get", "patch"], "write the aggregated program status"),
     (G, ["xdpprograms/finalizers"], ["update"],
      "set blockOwnerDeletion on attachments' ownerReferences where OwnerReferencesPermissionEnforcement is on"),
     (G, ["xdpattachments"], ["get", "list", "watch", "create", "patch", "delete"],
      "place one attachment per selected node; release the agent finalizer of nodes that are gone"),
     ("", ["nodes"], ["get", "list", "watch"], "select nodes by label"),
+    (G, ["xdpnodes"], ["get", "list", "watch"],
+     "know which nodes run an agent (preset its finalizer on their attachments)"),
     ("", ["configmaps"], ["get"], "read sources given by configMapRef (digest)"),
     ("", ["events"], ["create", "patch"], "Events on program condition transitions"),
     ("events.k8s.io", ["events"], ["create", "patch"], "the same, through the newer Events API"),

@@ -7,8 +7,13 @@ coalesces bursts and runs one reconcile per program at a time:
     placement.wanted_attachments -> placement.plan_attachments -> kubeapi writes
     status.aggregate -> status patch (only when it changed) -> Events on transitions
 
-kopf holds the operator finalizer on every XdpProgram; the deletion handler deletes the
-program's attachments and keeps the finalizer until every agent has released its own.
+The reconcile itself holds the operator finalizer on every XdpProgram: it adds it with
+the program's first reconcile, and when the program is deleted it deletes the
+attachments and removes the finalizer once every agent has released its own (or after
+AGENT_CLEANUP_TIMEOUT). kopf is used for watching, indexes and Events only: no kopf
+change handlers, timers or daemons, so kopf writes nothing on the objects (no finalizer,
+no last-handled-configuration copy of the spec, no progress annotations), which keeps
+the API writes per rollout down (see bench/). The periodic resync is an asyncio task.
 kopf does not run handlers before its indexes are fully listed, so a restarting
 operator never plans against a partial view of the nodes.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +31,7 @@ import kopf
 import urllib3
 from kubernetes.client.rest import ApiException
 
-from kube_xdp_api import names, reasons
+from kube_xdp_api import conditions, names, reasons
 from kube_xdp_api.spec import ProgramSpec, SpecError, source_digest
 
 from . import placement
@@ -36,6 +42,10 @@ log = logging.getLogger("kube_xdp_operator")
 
 RESYNC_SECONDS = 30.0
 RETRY_SECONDS = 2.0
+# A program's status is written at most once per this interval while a rollout is in
+# progress (1/3 -> 2/3 -> ... ready); a new generation, Ready turning True and Stalled
+# are written at once. At 200 nodes this turns ~200 progress writes into a handful.
+STATUS_MIN_INTERVAL = 1.0
 # How long a deleted program waits for a node's agent to confirm it detached (the agent
 # may be down). After that the operator releases the agent's finalizer and says so in a
 # Warning Event; the agent removes the program when it returns (orphan cleanup: pinned
@@ -45,6 +55,10 @@ AGENT_CLEANUP_TIMEOUT = 600.0
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _monotonic() -> float:
+    return time.monotonic()
 
 
 def _plain(obj: Any) -> Any:
@@ -67,9 +81,21 @@ class Reconciler:
         self._node_seen: dict[str, tuple] = {}
         self._retry_soon: set[str] = set()
         self._retry_pending: set[str] = set()
+        self._recheck: dict[str, float] = {}         # program -> seconds (set by _reconcile)
+        self._recheck_pending: dict[str, asyncio.TimerHandle] = {}
+        self._status_written: dict[str, float] = {}  # program -> monotonic time of the last write
+        self._finalized: set[str] = set()            # program uids we put our finalizer on
+        # program uid -> the status our last write left on the server. Only the operator
+        # writes program status, so it is the current one even while the index (fed by the
+        # watch) still shows an older one: comparing with that older one re-wrote the same
+        # status and posted its transition Events twice.
+        self._written: dict[str, tuple[str, dict]] = {}   # name -> (uid, status)
+        self.agent_nodes: kopf.Index | None = None   # node name -> XdpNode present (an agent runs there)
 
-    def bind(self, programs, nodes, attachments) -> None:
+    def bind(self, programs, nodes, attachments, agent_nodes=None) -> None:
         self.programs, self.nodes, self.attachments = programs, nodes, attachments
+        if agent_nodes is not None:
+            self.agent_nodes = agent_nodes
 
     async def request(self, name: str) -> None:
         """Reconcile `name` soon; concurrent requests for one program coalesce."""
@@ -95,8 +121,26 @@ class Reconciler:
                 if name in self._retry_soon:
                     self._retry_soon.discard(name)
                     self._retry_later(name)
+                if name in self._recheck:
+                    self._recheck_in(name, self._recheck.pop(name))
         finally:
             self._running.discard(name)
+
+    def _recheck_in(self, name: str, delay: float) -> None:
+        """Reconcile `name` again after `delay` s (a deferred status write, a deletion
+        timeout); one pending recheck per program, the earliest wins."""
+        loop = asyncio.get_running_loop()
+        pending = self._recheck_pending.get(name)
+        if pending is not None and not pending.cancelled() and pending.when() <= loop.time() + delay:
+            return
+        if pending is not None:
+            pending.cancel()
+
+        def fire() -> None:
+            self._recheck_pending.pop(name, None)
+            asyncio.ensure_future(self.request(name))
+
+        self._recheck_pending[name] = loop.call_later(max(delay, 0.01), fire)
 
     def _retry_later(self, name: str) -> None:
         """One pending retry per program: every failed trigger (events, timers) used to
@@ -125,18 +169,31 @@ class Reconciler:
     def _reconcile(self, name: str) -> tuple[list, dict | None]:
         program = _first(self.programs, name)
         if program is None:
+            self._status_written.pop(name, None)
+            self._written.pop(name, None)
             return [], None
+        written_uid, written = self._written.get(name, (None, None))
+        if written is not None and written_uid == program["metadata"]["uid"]:
+            program = {**program, "status": written}
         nodes = [n for store in list(self.nodes.values()) for n in list(store)]
         attachments = list(self.attachments.get(name, []))
         uid = program["metadata"]["uid"]
         deleting = bool(program["metadata"].get("deletionTimestamp"))
+        finalizers = program["metadata"].get("finalizers") or []
         selected: list[str] = []
         wanted: dict = {}
+        if deleting and names.FINALIZER_OPERATOR not in finalizers:
+            return [], program     # not held by us (any more): the DELETED event deletes orphans
         if not deleting:
+            # _finalized: added by us, the index may not show it yet (re-adding with its older
+            # resourceVersion would fail with a conflict and delay the whole reconcile).
+            if names.FINALIZER_OPERATOR not in finalizers and uid not in self._finalized:
+                self.api.set_program_finalizer(program, present=True)
+                self._finalized.add(uid)
             try:
                 spec = ProgramSpec.from_dict(program.get("spec"))
                 digest = source_digest(self.api.read_source(program["spec"]["source"]))
-                wanted = placement.wanted_attachments(program, nodes, digest)
+                wanted = placement.wanted_attachments(program, nodes, digest, agent_nodes=self._agent_nodes())
                 selected = placement.selected_nodes(spec.node_selector, nodes)
             except SpecError as e:
                 # A wrong spec or a missing source: say so and leave running attachments be.
@@ -157,18 +214,77 @@ class Reconciler:
         if plan.blocked:
             # e.g. an attachment of the same name still being deleted: come back shortly
             self._retry_soon.add(name)
+        events, released = self._release_stuck(program, attachments)
+        if deleting:
+            left = [a for a in attachments
+                    if placement.is_owned_by(a, uid) and a["metadata"]["name"] not in released]
+            if not left:
+                self.api.set_program_finalizer(program, present=False)
+                self._status_written.pop(name, None)
+                self._finalized.discard(uid)
+                self._written.pop(name, None)
+                return events, program
         new = status_mod.aggregate(program, attachments, selected, _now())
-        return self._write_status(program, new), program
+        return events + self._write_status(program, new), program
+
+    def _agent_nodes(self) -> set[str] | None:
+        """Nodes with a kube-xdp agent (an XdpNode); None when unknown (no index)."""
+        if self.agent_nodes is None:
+            return None
+        return {key for key in list(self.agent_nodes)}
+
+    def _release_stuck(self, program: Mapping, attachments: list) -> tuple[list, set[str]]:
+        """Attachments of this program deleted more than AGENT_CLEANUP_TIMEOUT ago and still
+        held by an agent's finalizer: that node's agent is gone or down. Release them (the
+        agent removes the program when it returns: orphan cleanup) and say so in a Warning.
+        Schedules a recheck for the ones still within the bound. Returns (events, released names)."""
+        released: set[str] = set()
+        events = []
+        now = datetime.datetime.now(datetime.timezone.utc)
+        soonest = None
+        for att in attachments:
+            meta = att.get("metadata") or {}
+            if names.FINALIZER_AGENT not in (meta.get("finalizers") or []):
+                continue
+            since = _age(meta.get("deletionTimestamp"), now)
+            if since is None:
+                continue
+            if since <= AGENT_CLEANUP_TIMEOUT:
+                left = AGENT_CLEANUP_TIMEOUT - since + 0.5
+                soonest = left if soonest is None else min(soonest, left)
+                continue
+            node = (att.get("spec") or {}).get("nodeName", "?")
+            self.api.release_attachment(att)
+            released.add(meta["name"])
+            events.append(("Warning", reasons.CLEANUP_ABANDONED,
+                           f"the agent of node {node} did not confirm detaching within {AGENT_CLEANUP_TIMEOUT:.0f}s; "
+                           "released; it removes the program when it returns"))
+        if soonest is not None:
+            self._want_recheck(program["metadata"]["name"], min(soonest, RESYNC_SECONDS))
+        return events, released
+
+    def _want_recheck(self, name: str, delay: float) -> None:
+        current = self._recheck.get(name)
+        self._recheck[name] = delay if current is None else min(current, delay)
 
     def _write_status(self, program: dict, new: dict) -> list:
-        old = program.get("status") or {}
+        uid = program["metadata"]["uid"]
+        old = program.get("status") or {}      # _reconcile put our last write there
         if _same_status(old, new):
+            return []
+        name = program["metadata"]["name"]
+        since = _monotonic() - self._status_written.get(name, float("-inf"))
+        if since < STATUS_MIN_INTERVAL and not _urgent(old, new):
+            self._want_recheck(name, STATUS_MIN_INTERVAL - since)
             return []
         patch = dict(new)
         removed_modes = set(old.get("modes") or {}) - set(new.get("modes") or {})
         if removed_modes:    # a merge patch keeps map keys it does not mention
             patch["modes"] = {**new.get("modes", {}), **{m: None for m in removed_modes}}
-        self.api.patch_program_status(program["metadata"]["name"], patch)
+        written = self.api.patch_program_status(name, patch)
+        if written is not None:
+            self._written[name] = (uid, written)
+        self._status_written[name] = _monotonic()
         return status_mod.transitions(old, new)
 
     def orphans(self, program: str) -> list[dict]:
@@ -196,9 +312,6 @@ class Reconciler:
             if (att.get("spec") or {}).get("nodeName") not in nodes:
                 self.api.release_attachment(att)       # no agent to wait for
 
-    def owned_attachments(self, name: str, uid: str) -> list[dict]:
-        return [a for a in list(self.attachments.get(name, [])) if placement.is_owned_by(a, uid)]
-
 
 def _age(timestamp: str | None, now: datetime.datetime) -> float | None:
     if not timestamp:
@@ -212,6 +325,20 @@ def _age(timestamp: str | None, now: datetime.datetime) -> float | None:
 
 def _same_status(old: Mapping, new: Mapping) -> bool:
     return {k: v for k, v in old.items() if k in new} == dict(new) and set(new) <= set(old)
+
+
+def _urgent(old: Mapping, new: Mapping) -> bool:
+    """A status that must not wait for the progress rate limit: a new observedGeneration
+    (kstatus clients wait for it), Ready or Stalled changing status (the outcome), or the
+    last Reconciling of a rollout turning False."""
+    if old.get("observedGeneration") != new.get("observedGeneration"):
+        return True
+    for type_ in (conditions.READY, conditions.STALLED, conditions.RECONCILING):
+        before = conditions.get_condition(old.get("conditions") or [], type_) or {}
+        after = conditions.get_condition(new.get("conditions") or [], type_) or {}
+        if before.get("status") != after.get("status"):
+            return True
+    return False
 
 
 def _first(index, key):
@@ -232,8 +359,10 @@ def install(api: ClusterApi) -> Reconciler:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.finalizer = names.FINALIZER_OPERATOR
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # kopf must never hold or remove our finalizer: it manages only its own, which with no
+    # change handlers, timers or daemons it never adds (and removes if it finds it).
+    settings.persistence.finalizer = KOPF_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=names.GROUP, key="last-handled-configuration")
@@ -243,6 +372,32 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     settings.posting.level = logging.WARNING      # kopf's own per-handler events: failures only
     settings.networking.request_timeout = 60
+    # kopf scans CRDs to follow resources that appear later; ours are installed before the
+    # operator, and scanning would need cluster-wide read of CustomResourceDefinitions.
+    settings.scanning.disabled = True
+    _TASKS.add(asyncio.get_running_loop().create_task(_resync_forever()))
+
+
+# The finalizer name kopf is told to use: never one of ours (kopf removes its finalizer
+# from objects that no handler needs it for, so it must not be names.FINALIZER_OPERATOR).
+KOPF_FINALIZER = f"{names.GROUP}/kopf-unused"
+_TASKS: set[asyncio.Task] = set()
+
+
+async def _resync_forever() -> None:
+    """Every RESYNC_SECONDS, reconcile every program: catches what no event announces (a
+    ConfigMap source edited, a lost watch event). A task of its own rather than a kopf
+    timer: kopf timers put kopf's finalizer on every object (two writes per program)."""
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        rec = RECONCILER
+        if rec is None or rec.programs is None:
+            continue
+        for name in list(rec.programs):
+            try:
+                await rec.request(name)
+            except Exception:        # a resync must never end the loop
+                log.exception("resync of %s failed", name)
 
 
 @kopf.index("v1", "nodes")
@@ -261,15 +416,24 @@ def program_index(name: str, body: Mapping, **_: Any) -> dict:
     return {name: _plain(body)}
 
 
-def _bound(program_index, node_index, attachment_index) -> Reconciler:
+@kopf.index(names.GROUP, names.VERSION, names.NODES)
+def agent_node_index(name: str, **_: Any) -> dict:
+    """Nodes whose agent registered (published its XdpNode): new attachments for them are
+    created with the agent's finalizer already on, which saves each agent one write per
+    rollout. Nodes without one get none: the agent adds it if it ever appears, and a
+    program on a node with no agent never waits for one to delete."""
+    return {name: True}
+
+
+def _bound(kw: Mapping[str, Any]) -> Reconciler:
     assert RECONCILER is not None, "handlers.install(api) must run before kopf starts"
-    RECONCILER.bind(program_index, node_index, attachment_index)
+    RECONCILER.bind(kw["program_index"], kw["node_index"], kw["attachment_index"], kw["agent_node_index"])
     return RECONCILER
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.PROGRAMS)
-async def program_event(name: str, type: str, program_index, node_index, attachment_index, **_: Any) -> None:
-    rec = _bound(program_index, node_index, attachment_index)
+async def program_event(name: str, type: str, **kw: Any) -> None:
+    rec = _bound(kw)
     if type != "DELETED":
         await rec.request(name)
     elif rec.orphans(name):                 # deleted without our finalizer: nobody else deletes them
@@ -277,48 +441,17 @@ async def program_event(name: str, type: str, program_index, node_index, attachm
 
 
 @kopf.on.event("v1", "nodes")
-async def node_event(name: str, type: str, labels: Mapping, meta: Mapping,
-                     program_index, node_index, attachment_index, **_: Any) -> None:
-    rec = _bound(program_index, node_index, attachment_index)
+async def node_event(name: str, type: str, labels: Mapping, meta: Mapping, **kw: Any) -> None:
+    rec = _bound(kw)
     if rec.node_changed(name, labels, bool(meta.get("deletionTimestamp")), type):
-        await asyncio.gather(*(rec.request(p) for p in list(program_index)))
+        await asyncio.gather(*(rec.request(p) for p in list(kw["program_index"])))
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.ATTACHMENTS)
-async def attachment_event(labels: Mapping, program_index, node_index, attachment_index, **_: Any) -> None:
+async def attachment_event(labels: Mapping, **kw: Any) -> None:
     program = labels.get(names.LABEL_PROGRAM)
     if program:
-        rec = _bound(program_index, node_index, attachment_index)
+        rec = _bound(kw)
         if rec.orphans(program):            # also at start-up: what a crashed operator left behind
             await asyncio.to_thread(rec.delete_orphans, program)
         await rec.request(program)
-
-
-@kopf.timer(names.GROUP, names.VERSION, names.PROGRAMS, interval=RESYNC_SECONDS, idle=RESYNC_SECONDS)
-async def resync(name: str, program_index, node_index, attachment_index, **_: Any) -> None:
-    """Catches what no event announces: a ConfigMap source edited, a lost watch event."""
-    await _bound(program_index, node_index, attachment_index).request(name)
-
-
-@kopf.on.delete(names.GROUP, names.VERSION, names.PROGRAMS)
-async def program_deleted(name: str, uid: str, body: Mapping, program_index, node_index, attachment_index,
-                          **_: Any) -> None:
-    """Delete the program's attachments and hold the finalizer until agents released them
-    (at most AGENT_CLEANUP_TIMEOUT per attachment)."""
-    rec = _bound(program_index, node_index, attachment_index)
-    await rec.request(name)
-    left = rec.owned_attachments(name, uid)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    for att in list(left):
-        since = _age(att.get("metadata", {}).get("deletionTimestamp"), now)
-        if since is not None and since > AGENT_CLEANUP_TIMEOUT:
-            node = (att.get("spec") or {}).get("nodeName", "?")
-            await asyncio.to_thread(rec.api.release_attachment, att)
-            kopf.event(body, type="Warning", reason=reasons.CLEANUP_ABANDONED,
-                       message=f"the agent of node {node} did not confirm detaching within {AGENT_CLEANUP_TIMEOUT:.0f}s; "
-                               "released; it removes the program when it returns")
-            left.remove(att)
-    if left:
-        nodes = sorted((a.get("spec") or {}).get("nodeName", "?") for a in left)
-        raise kopf.TemporaryError(f"waiting for the agents of {len(left)} node(s) to detach: {', '.join(nodes[:10])}",
-                                  delay=2)

@@ -69,10 +69,38 @@ class ClusterApi:
             if e.status not in (404, 409):   # 409: changed meanwhile; the next reconcile retries
                 raise
 
-    def patch_program_status(self, name: str, status: Mapping[str, Any]) -> None:
+    def set_program_finalizer(self, program: Mapping[str, Any], *, present: bool) -> None:
+        """Add or remove the operator's finalizer on an XdpProgram.
+
+        A JSON patch that tests the current finalizers list: it fails (and the reconcile
+        retries) only if someone else changed the finalizers meanwhile, not because the
+        operator's own status writes moved the resourceVersion. Without a list yet, a merge
+        patch guarded by the resourceVersion (the program's first reconcile)."""
+        meta = program.get("metadata") or {}
+        current = list(meta.get("finalizers") or [])
+        wanted = [f for f in current if f != names.FINALIZER_OPERATOR] + ([names.FINALIZER_OPERATOR] if present else [])
+        if wanted == current:
+            return
         try:
-            self.custom.patch_cluster_custom_object_status(names.GROUP, names.VERSION, names.PROGRAMS, name,
-                                                           {"status": dict(status)})
+            if current:
+                ops = [{"op": "test", "path": "/metadata/finalizers", "value": current},
+                       {"op": "replace", "path": "/metadata/finalizers", "value": wanted}]
+                self.custom.patch_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, meta["name"], ops,
+                                                        _content_type="application/json-patch+json")
+            else:
+                patch = {"metadata": {"finalizers": wanted, "resourceVersion": meta.get("resourceVersion")}}
+                self.custom.patch_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, meta["name"], patch)
         except ApiException as e:
             if e.status != 404:
                 raise
+
+    def patch_program_status(self, name: str, status: Mapping[str, Any]) -> dict | None:
+        """Merge-patch the program's status; returns the status now stored (None if gone)."""
+        try:
+            body = self.custom.patch_cluster_custom_object_status(names.GROUP, names.VERSION, names.PROGRAMS, name,
+                                                                  {"status": dict(status)})
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            return None
+        return (body or {}).get("status") if isinstance(body, Mapping) else None

@@ -16,7 +16,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,9 +61,14 @@ def selected_nodes(selector: Any, nodes: Iterable[Mapping[str, Any]]) -> list[st
 
 
 def wanted_attachments(
-    program: Mapping[str, Any], nodes: Iterable[Mapping[str, Any]], source_digest: str
+    program: Mapping[str, Any], nodes: Iterable[Mapping[str, Any]], source_digest: str,
+    *, agent_nodes: Collection[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Attachment name -> full XdpAttachment body, for every node the program selects.
+
+    Nodes in `agent_nodes` (an agent registered there) get the attachment with the
+    agent's finalizer already set, as the agent would set it first thing; elsewhere the
+    agent sets it itself when it appears.
 
     Raises spec.SpecError (reason InvalidSpec/InvalidDefine) when the program's name or
     spec is invalid: the caller reports it as Stalled and leaves existing attachments be.
@@ -84,12 +89,14 @@ def wanted_attachments(
             fields=spec.fields,
         )
         name = names.attachment_name(program_name, node_name)
+        finalizers = {"finalizers": [names.FINALIZER_AGENT]} if agent_nodes and node_name in agent_nodes else {}
         wanted[name] = {
             "apiVersion": names.API_VERSION,
             "kind": names.ATTACHMENT_KIND,
             "metadata": {
                 "name": name,
                 "labels": managed_labels(program_name, node_name),
+                **finalizers,
                 "ownerReferences": [
                     {
                         "apiVersion": names.API_VERSION,

@@ -10,8 +10,8 @@ expectations. Two sets of subjects get the same table:
 A few real requests made with the rig's agent and operator tokens confirm that what the
 reviews say is what the server does.
 
-Note on `patch xdpprograms` (operator): kopf needs it for its finalizer and progress
-annotations; RBAC cannot tell a metadata patch from a spec patch, so "the operator never
+Note on `patch xdpprograms` (operator): it needs it for its finalizer (no kopf
+annotations any more); RBAC cannot tell a metadata patch from a spec patch, so "the operator never
 writes spec" is a property of its code (docs/install.md), not of RBAC.
 """
 
@@ -86,8 +86,9 @@ OPERATOR = [
     *[(v, G, "xdpattachments", "status", False, DENY) for v in ("patch", "update")],
     ("update", G, "xdpattachments", "", False, DENY),
     ("deletecollection", G, "xdpattachments", "", False, DENY),
-    # XdpNodes are the agents'
-    *[(v, G, "xdpnodes", "", False, DENY) for v in ("get", "list", "create", "patch", "delete")],
+    # XdpNodes are the agents': the operator only reads which nodes have one
+    *[(v, G, "xdpnodes", "", False, ALLOW) for v in ("get", "list", "watch")],
+    *[(v, G, "xdpnodes", "", False, DENY) for v in ("create", "patch", "update", "delete")],
     ("patch", G, "xdpnodes", "status", False, DENY),
     # reads node labels, never changes nodes
     *[(v, "", "nodes", "", False, DENY) for v in ("patch", "update", "delete", "create")],

@@ -1,0 +1,192 @@
+"""The operator's reconcile (kube_xdp_operator.handlers.Reconciler._reconcile) against a
+recording stand-in for its API writes and plain dicts for kopf's indexes.
+
+What is checked here is the write discipline: the operator's own finalizer (added once,
+even while the index lags behind), deletion (finalizer released as soon as no attachment
+is left; stuck attachments released after the bound), the status rate limit (progress is
+deferred, outcomes are written at once), and the index lag on status (our last write, not
+the stale index copy, is the old status). The same paths run against the real API server
+in tests/e2e and tests/faults; the write counts are measured by `make bench`.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+
+import pytest
+
+from kube_xdp_api import names
+from kube_xdp_api.spec import source_digest
+from kube_xdp_operator import handlers
+from kube_xdp_operator.handlers import Reconciler
+from kube_xdp_operator.placement import wanted_attachments
+
+UID = "5b1c2d3e-0000-4000-8000-00000000abcd"
+SOURCE = "int xdp_main(struct xdp_md *ctx) { return XDP_PASS; }"
+
+
+class RecordingApi:
+    """The ClusterApi methods the reconcile calls, recorded; status patches are merged
+    into a stored status as the API server would."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.status: dict = {}
+
+    def read_source(self, source):
+        return source["inline"]
+
+    def set_program_finalizer(self, program, *, present):
+        self.calls.append(("finalizer", program["metadata"]["name"], present))
+
+    def create_attachment(self, body):
+        self.calls.append(("create", body["metadata"]["name"], tuple(body["metadata"].get("finalizers") or ())))
+
+    def patch_attachment(self, name, patch):
+        self.calls.append(("patch", name))
+
+    def delete_attachment(self, name):
+        self.calls.append(("delete", name))
+
+    def release_attachment(self, att):
+        self.calls.append(("release", att["metadata"]["name"]))
+
+    def patch_program_status(self, name, status):
+        self.calls.append(("status", name))
+        self.status = {**self.status, **copy.deepcopy(dict(status))}
+        return copy.deepcopy(self.status)
+
+    def kinds(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+def program(*, finalizers=(), deleting=None, generation=1, status=None):
+    meta = {"name": "p", "uid": UID, "generation": generation, "resourceVersion": "7",
+            "finalizers": list(finalizers)}
+    if deleting:
+        meta["deletionTimestamp"] = deleting
+    body = {"apiVersion": names.API_VERSION, "kind": names.PROGRAM_KIND, "metadata": meta,
+            "spec": {"source": {"inline": SOURCE}, "entrypoint": "xdp_main", "nodeSelector": {}}}
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def node(name):
+    return {"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}
+
+
+def attachment(node_name, *, ready=False, deleting=None, finalizers=(names.FINALIZER_AGENT,)):
+    """The attachment the operator itself wants for `node_name` (so the plan leaves it be),
+    as an agent left it: current and Ready, or not reported yet."""
+    body = copy.deepcopy(wanted_attachments(program(), [node(node_name)], source_digest(SOURCE))
+                         [names.attachment_name("p", node_name)])
+    meta = body["metadata"]
+    meta["finalizers"] = list(finalizers)
+    meta["generation"] = 1
+    if deleting:
+        meta["deletionTimestamp"] = deleting
+    if ready:
+        body["status"] = {"observedGeneration": 1,
+                          "conditions": [{"type": "Ready", "status": "True", "reason": "Attached", "message": ""}]}
+    return body
+
+
+def ago(seconds: float) -> str:
+    t = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=seconds)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture()
+def rec():
+    r = Reconciler(RecordingApi())
+    r.bind({}, {n: [node(n)] for n in ("n1", "n2")}, {}, {})
+    return r
+
+
+def set_program(rec, body):
+    rec.programs = {"p": [body]}
+
+
+def test_finalizer_is_added_once_even_while_the_index_lags(rec):
+    set_program(rec, program())
+    rec._reconcile("p")
+    rec._reconcile("p")        # the index still shows no finalizer: no second attempt
+    assert [c for c in rec.api.calls if c[0] == "finalizer"] == [("finalizer", "p", True)]
+
+
+def test_agent_finalizer_is_preset_only_where_an_agent_registered(rec):
+    rec.bind(rec.programs, rec.nodes, rec.attachments, {"n1": [True]})
+    set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR]))
+    rec._reconcile("p")
+    creates = {c[1]: c[2] for c in rec.api.calls if c[0] == "create"}
+    assert creates == {names.attachment_name("p", "n1"): (names.FINALIZER_AGENT,),
+                       names.attachment_name("p", "n2"): ()}
+
+
+def test_deleted_program_is_released_as_soon_as_no_attachment_is_left(rec):
+    set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR], deleting=ago(1)))
+    rec.attachments = {"p": [attachment("n1", deleting=ago(1))]}
+    rec._reconcile("p")
+    assert ("finalizer", "p", False) not in rec.api.calls       # an agent still holds n1
+    rec.attachments = {"p": []}                                  # the agent released it
+    rec._reconcile("p")
+    assert rec.api.calls[-1] == ("finalizer", "p", False)
+
+
+def test_stuck_attachment_is_released_after_the_bound_and_the_rest_rechecked_then(rec, monkeypatch):
+    monkeypatch.setattr(handlers, "AGENT_CLEANUP_TIMEOUT", 10.0)
+    set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR], deleting=ago(20)))
+    rec.attachments = {"p": [attachment("n1", deleting=ago(5)), attachment("n2", deleting=ago(15))]}
+    events, _ = rec._reconcile("p")
+    assert ("release", names.attachment_name("p", "n2")) in rec.api.calls
+    assert ("release", names.attachment_name("p", "n1")) not in rec.api.calls
+    assert [e[1] for e in events if e[0] == "Warning"] == ["CleanupAbandoned"]
+    assert 4.0 <= rec._recheck["p"] <= 6.0     # comes back when n1's bound ends (times have 1 s steps)
+    assert ("finalizer", "p", False) not in rec.api.calls
+
+
+def test_deselected_node_whose_agent_is_gone_is_released_too(rec, monkeypatch):
+    """Not only on program deletion: an attachment deleted because its node was
+    deselected must not stay Terminating forever when that node's agent is gone."""
+    monkeypatch.setattr(handlers, "AGENT_CLEANUP_TIMEOUT", 10.0)
+    rec.nodes = {"n1": [node("n1")]}
+    set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR]))
+    rec.attachments = {"p": [attachment("n1", ready=True), attachment("n2", deleting=ago(11))]}
+    events, _ = rec._reconcile("p")
+    assert ("release", names.attachment_name("p", "n2")) in rec.api.calls
+    assert [e[1] for e in events if e[0] == "Warning"] == ["CleanupAbandoned"]
+
+
+def test_program_without_our_finalizer_is_left_to_the_deleted_event(rec):
+    set_program(rec, program(deleting=ago(1)))
+    rec.attachments = {"p": [attachment("n1")]}
+    assert rec._reconcile("p")[0] == [] and rec.api.calls == []
+
+
+def test_progress_is_rate_limited_and_the_outcome_is_not(rec, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(handlers, "_monotonic", lambda: clock[0])
+    set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR]))
+    rec.attachments = {"p": [attachment("n1"), attachment("n2")]}
+    rec._reconcile("p")                                          # new generation: written at once
+    assert rec.api.kinds().count("status") == 1
+    clock[0] += 0.2
+    rec.attachments = {"p": [attachment("n1", ready=True), attachment("n2")]}   # progress: 1/2
+    rec._reconcile("p")
+    assert rec.api.kinds().count("status") == 1 and 0.7 <= rec._recheck.pop("p") <= 0.8
+    clock[0] += 0.1
+    rec.attachments = {"p": [attachment("n1", ready=True), attachment("n2", ready=True)]}  # Ready
+    events, _ = rec._reconcile("p")
+    assert rec.api.kinds().count("status") == 2
+    assert rec.api.status["readyNodes"] == 2 and ("Normal", "Ready", "2/2 nodes ready") in events
+
+
+def test_stale_index_status_does_not_repeat_writes_or_events(rec):
+    set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR]))
+    rec.attachments = {"p": [attachment("n1", ready=True), attachment("n2", ready=True)]}
+    first, _ = rec._reconcile("p")
+    again, _ = rec._reconcile("p")          # the index still has no status at all
+    assert rec.api.kinds().count("status") == 1
+    assert [e[1] for e in first] == ["Ready"] and again == []
