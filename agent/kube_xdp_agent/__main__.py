@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--netns", default=None,
                         help="do all netlink work in this named network namespace (the local rig's nodes); "
                              "on a real node leave unset: the agent runs with hostNetwork")
-    parser.add_argument("--resync", type=float, default=5.0, help="seconds between drift checks (default 5)")
+    parser.add_argument("--resync", type=float, default=3.0, help="seconds between drift checks: drift is repaired within about this (default 3)")
     parser.add_argument("--no-inventory", action="store_true",
                         help="do not publish this node's XdpNode (no mode probing on empty hooks)")
     parser.add_argument("--verbose", action="store_true")

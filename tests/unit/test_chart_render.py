@@ -292,7 +292,7 @@ def test_agent_daemonset_defaults() -> None:
     assert "priorityClassName" not in pod
     (agent,) = pod["containers"]
     assert agent["command"] == ["kube-xdp-agent"]
-    assert agent["args"] == [f"--bpffs={names.DEFAULT_BPFFS}", "--resync=5"]
+    assert agent["args"] == [f"--bpffs={names.DEFAULT_BPFFS}", "--resync=3"]
     assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in agent["env"]
     sc = agent["securityContext"]
     assert sc["privileged"] is False and sc["runAsUser"] == 0 and sc["readOnlyRootFilesystem"] is True
