@@ -290,11 +290,14 @@ class Agent:
             d.spec.fields.interfaces, sorted(observed.hooks), observed.primary)
         rank, rivals = self._ranks(att, d)
         held = frozenset(i["name"] for i in (old or {}).get("interfaces") or [] if i.get("ready") and i.get("progId"))
+        # in a fallback mode because the preferred ones were tried and refused (the status says why)
+        settled = frozenset(i["name"] for i in (old or {}).get("interfaces") or []
+                            if i.get("ready") and i.get("progId") and i.get("reason"))
         offloaded = ({t: self.builder.key(dataclasses.replace(req, device=t))[:12] for t in targets}
                      if "offload" in d.modes else {})
         actions = plan_attach(program=program, want=digest, targets=targets, modes=d.modes, observed=observed,
                               rank=rank, rivals=rivals, take_over=d.spec.fields.take_over, held=held,
-                              offloaded=offloaded)
+                              offloaded=offloaded, settled=settled)
         executor = Executor(self.netlink, self.pins, program=program, want=digest, want_id=pinned.prog_id,
                             offload_build=self._offload_builder(program, req))
         outcome = executor.run(actions)

@@ -6,7 +6,10 @@ hook is *ours* only if its id is one of our pinned programs: the agent never det
 replaces anything else.
 
 Per target interface (the program's wanted digest is `want`):
-- our wanted program, in an allowed mode        -> Keep (adopted after a restart too);
+- our wanted program, in an allowed mode        -> Keep (adopted after a restart too),
+  unless it is in a fallback mode the preferred modes were never tried against (the
+  mode policy changed, e.g. generic-only back to native-first): then Reattach, trying
+  the modes in order (a mode change cannot be atomic);
 - our wanted program, in a mode no longer allowed-> Reattach (detach, attach: a gap);
 - an older digest of the same program            -> Replace, atomically (REPLACE with the
   expected fd, same mode: no moment without a program); if that mode is no longer
@@ -139,7 +142,8 @@ Action = Keep | Attach | Replace | Reattach | Detach | Conflict | Takeover | Rep
 def plan_attach(*, program: str, want: str, targets: list[str], modes: tuple[str, ...],
                 observed: Observed, rank: Rank | None = None, rivals: Mapping[str, Rank] | None = None,
                 take_over: bool = False, held: frozenset[str] | set[str] = frozenset(),
-                offloaded: Mapping[str, str] | None = None) -> list[Action]:
+                offloaded: Mapping[str, str] | None = None,
+                settled: frozenset[str] | set[str] | None = None) -> list[Action]:
     """Actions that put digest `want` of `program` on exactly `targets`.
 
     `offloaded` maps an interface to the digest of the program built for offload on it
@@ -149,7 +153,9 @@ def plan_attach(*, program: str, want: str, targets: list[str], modes: tuple[str
 
     `rank` is this program's, `rivals` the other XdpPrograms' with an attachment on this
     node; `take_over` is spec.takeOver; `held` the interfaces this attachment last reported
-    ready with its own program (its status)."""
+    ready with its own program (its status); `settled` the interfaces whose current mode
+    was the outcome of trying the modes in order (its status gives the fallback reason),
+    None when unknown (every allowed mode is kept)."""
     want_id = observed.pins.get(program, {}).get(want)
     offloaded = offloaded or {}
     actions: list[Action] = []
@@ -164,7 +170,7 @@ def plan_attach(*, program: str, want: str, targets: list[str], modes: tuple[str
             else:
                 actions.append(Reattach(name, owner[1], "offload", modes))
         elif owner == (program, want) and hook.prog_id == want_id:
-            if hook.mode in modes:
+            if hook.mode in modes and (hook.mode == modes[0] or settled is None or name in settled):
                 actions.append(Keep(name, hook.prog_id, hook.mode))
             else:
                 actions.append(Reattach(name, want, hook.mode, modes))

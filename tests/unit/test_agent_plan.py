@@ -168,3 +168,25 @@ def test_plan_gc(hooks, keep, expected):
 
 def test_plan_gc_of_unknown_program_is_empty():
     assert plan_gc(program="absent", keep=None, observed=observed({}, pins=GC_PINS)) == []
+
+
+# --- plan_attach: a fallback mode is kept only when the preferred modes were tried ------------
+@pytest.mark.parametrize("settled, expected", [
+    pytest.param(frozenset({"eth0"}), Keep("eth0", NEW_ID, "generic"), id="fell-back-before-keep"),
+    pytest.param(frozenset(), Reattach("eth0", NEW, "generic", BOTH), id="never-tried-native-reattach"),
+    pytest.param(None, Keep("eth0", NEW_ID, "generic"), id="unknown-keep"),
+])
+def test_fallback_mode_kept_only_if_the_preferred_was_tried(settled, expected):
+    """generic-only, then back to native-first: the program sits in generic, which is still
+    allowed, but native was never tried against it: try it (a mode change is a gap by
+    nature). Where the status says native was refused (settled), keep generic: no gap for
+    nothing at every spec change."""
+    actions = plan_attach(program=PROG, want=NEW, targets=["eth0"], modes=BOTH,
+                          observed=observed({"eth0": (NEW_ID, "generic")}), settled=settled)
+    assert actions == [expected]
+
+
+def test_preferred_mode_is_kept_whatever_settled_says():
+    actions = plan_attach(program=PROG, want=NEW, targets=["eth0"], modes=BOTH,
+                          observed=observed({"eth0": (NEW_ID, "native")}), settled=frozenset())
+    assert actions == [Keep("eth0", NEW_ID, "native")]
