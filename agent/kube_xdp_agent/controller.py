@@ -31,6 +31,7 @@ import kubernetes
 import urllib3
 from kubernetes.client.rest import ApiException
 
+from kube_xdp_api import conditions as cond
 from kube_xdp_api import names, reasons
 from kube_xdp_api.fetch import read_source
 from kube_xdp_api.spec import SpecError, source_digest, validate_program_name
@@ -55,10 +56,6 @@ WATCH_TIMEOUT = 240
 # outage an agent is back within this many seconds of the server (30 s made a 60 s outage
 # take ~30 s more to converge; tests/faults/test_3_apiserver_outage.py).
 WATCH_BACKOFF_MAX = 8.0
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclasses.dataclass
@@ -234,7 +231,7 @@ class Agent:
             if att["metadata"].get("deletionTimestamp"):
                 self._cleanup_unparseable(att)
             else:
-                self._write_status(att, attachment_status(old=att.get("status"), generation=generation, now=_now(),
+                self._write_status(att, attachment_status(old=att.get("status"), generation=generation, now=cond.now(),
                                                           failure=(e.reason, e.message)))
             return
         if desired.deleting:
@@ -246,7 +243,7 @@ class Agent:
         try:
             status = self._apply(att, desired)
         except Transient as e:
-            status = attachment_status(old=att.get("status"), generation=generation, now=_now(),
+            status = attachment_status(old=att.get("status"), generation=generation, now=cond.now(),
                                        failure=(e.reason, str(e)))
             self._later(name, TRANSIENT_RETRY)
         self._write_status(att, status)
@@ -257,7 +254,7 @@ class Agent:
         try:
             text = self._source(d)
         except SpecError as e:
-            return attachment_status(old=old, generation=generation, now=_now(), failure=(e.reason, e.message))
+            return attachment_status(old=old, generation=generation, now=cond.now(), failure=(e.reason, e.message))
         req = CompileRequest(source=text, entrypoint=d.spec.fields.entrypoint, defines=dict(d.spec.fields.defines))
         key = self.builder.key(req)
         digest = key[:12]
@@ -277,7 +274,7 @@ class Agent:
             except KernelError as e:
                 output = getattr(e, "output", "") or ""
                 message = f"{e}\n{output}".strip() if output and output not in str(e) else str(e)
-                return attachment_status(old=old, generation=generation, now=_now(), failure=(e.reason, message),
+                return attachment_status(old=old, generation=generation, now=cond.now(), failure=(e.reason, message),
                                          interfaces=self._still_attached(program, observed, e.reason))
             compile_info = {"durationMs": int(round(built.duration_ms)), "cacheHit": built.cache_hit, "digest": key}
             log.info("%s: compiled and pinned %s in %.0f ms", att["metadata"]["name"], digest, built.duration_ms)
@@ -327,7 +324,7 @@ class Agent:
                     self._event(att, "Warning", reasons.DRIFT_REPAIRED,
                                 f"{r.interface}: program {was.get('progId')} was detached or replaced behind kube-xdp's back; "
                                 f"re-attached program {r.prog_id} in {r.mode} mode")
-        return attachment_status(old=old, generation=generation, now=_now(), interfaces=results, failure=failure,
+        return attachment_status(old=old, generation=generation, now=cond.now(), interfaces=results, failure=failure,
                                  compile_info=compile_info, pin_path=pinned.prog_path, tag=pinned.tag)
 
     def _ranks(self, att: dict, d: Desired) -> tuple[Rank, dict[str, Rank]]:
@@ -458,7 +455,7 @@ class Agent:
         return new
 
     def _write_status(self, att: dict, status: Mapping[str, Any]) -> None:
-        if _same(att.get("status") or {}, status):
+        if cond.status_unchanged(att.get("status") or {}, status):
             return
         for type_, reason, message in transition_events(att.get("status"), status):
             self._event(att, type_, reason, message)
@@ -521,7 +518,3 @@ def _recorded(status: Mapping | None, program: str) -> dict[int, str]:
                 and re.fullmatch(r"[0-9a-f]{12}", parts[-2]):
             out[int(entry["progId"])] = parts[-2]
     return out
-
-
-def _same(old: Mapping, new: Mapping) -> bool:
-    return all(old.get(k) == v for k, v in new.items())

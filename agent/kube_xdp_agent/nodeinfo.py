@@ -8,7 +8,6 @@ the agent's worker thread so it never races the agent's own attaches.
 
 from __future__ import annotations
 
-import datetime
 import logging
 
 from kubernetes.client.rest import ApiException
@@ -21,10 +20,6 @@ from .inventory import NodeInventory, probe_node
 log = logging.getLogger("kube_xdp_agent.nodeinfo")
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def node_status(inv: NodeInventory, old: dict | None, generation: int) -> dict:
     """XdpNode status (pure): the inventory plus a Ready condition (headers present)."""
     status = inv.to_status(extended=True)
@@ -32,11 +27,11 @@ def node_status(inv: NodeInventory, old: dict | None, generation: int) -> dict:
     conditions = (old or {}).get("conditions") or []
     if inv.headers.found:
         conditions = cond.set_condition(conditions, cond.READY, cond.TRUE, "Probed",
-                                        f"{status['modeSummary']} interface(s) per mode", generation, _now())
+                                        f"{status['modeSummary']} interface(s) per mode", generation, cond.now())
     else:
         conditions = cond.set_condition(conditions, cond.READY, cond.FALSE, reasons.HEADERS_NOT_FOUND,
                                         "no kernel headers for bcc: mount the host's /lib/modules and /usr/src, "
-                                        "or enable CONFIG_IKHEADERS", generation, _now())
+                                        "or enable CONFIG_IKHEADERS", generation, cond.now())
     status["conditions"] = conditions
     return status
 

@@ -46,6 +46,18 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def now() -> str:
+    """The current time as format_time writes it (for lastTransitionTime, lastUpdate...)."""
+    return format_time(datetime.now(timezone.utc))
+
+
+def status_unchanged(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """True when writing `new` as a merge patch over `old` would change nothing: every key
+    of `new` has the same value in `old` (keys only in `old` are not compared; a null in
+    `new` equals a missing key, as a merge patch deletes with null)."""
+    return all(old.get(key) == value for key, value in new.items())
+
+
 def trim_message(text: str, limit: int = MESSAGE_MAX, *, keep: str = "head") -> str:
     """`text` cut to at most `limit` characters, with a marker where it was cut.
 

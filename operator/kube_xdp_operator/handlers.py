@@ -53,10 +53,6 @@ STATUS_MIN_INTERVAL = 1.0
 AGENT_CLEANUP_TIMEOUT = 600.0
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _monotonic() -> float:
     return time.monotonic()
 
@@ -197,7 +193,7 @@ class Reconciler:
                 selected = placement.selected_nodes(spec.node_selector, nodes)
             except SpecError as e:
                 # A wrong spec or a missing source: say so and leave running attachments be.
-                new = status_mod.stalled_status(program, e.reason, e.message, _now())
+                new = status_mod.stalled_status(program, e.reason, e.message, conditions.now())
                 return self._write_status(program, new), program
         plan = placement.plan_attachments(wanted, attachments, owner_uid=uid)
         node_names = {n["metadata"]["name"] for n in nodes}
@@ -224,7 +220,7 @@ class Reconciler:
                 self._finalized.discard(uid)
                 self._written.pop(name, None)
                 return events, program
-        new = status_mod.aggregate(program, attachments, selected, _now())
+        new = status_mod.aggregate(program, attachments, selected, conditions.now())
         return events + self._write_status(program, new), program
 
     def _agent_nodes(self) -> set[str] | None:
@@ -270,7 +266,7 @@ class Reconciler:
     def _write_status(self, program: dict, new: dict) -> list:
         uid = program["metadata"]["uid"]
         old = program.get("status") or {}      # _reconcile put our last write there
-        if _same_status(old, new):
+        if conditions.status_unchanged(old, new):
             return []
         name = program["metadata"]["name"]
         since = _monotonic() - self._status_written.get(name, float("-inf"))
@@ -321,10 +317,6 @@ def _age(timestamp: str | None, now: datetime.datetime) -> float | None:
     except ValueError:
         return None
     return (now - then).total_seconds()
-
-
-def _same_status(old: Mapping, new: Mapping) -> bool:
-    return {k: v for k, v in old.items() if k in new} == dict(new) and set(new) <= set(old)
 
 
 def _urgent(old: Mapping, new: Mapping) -> bool:

@@ -129,3 +129,15 @@ def obj(generation=2, observed=2, deleting=False, **conditions):
 )
 def test_kstatus(resource, expected):
     assert kstatus(resource) == expected
+
+
+@pytest.mark.parametrize("old, new, unchanged", [
+    ({"a": 1, "b": 2}, {"a": 1}, True),
+    ({"a": 1}, {"a": 2}, False),
+    ({}, {"a": None}, True),             # null deletes in a merge patch: nothing to do
+    ({}, {"a": 0}, False),
+    ({"a": [1]}, {"a": [1]}, True),
+])
+def test_status_unchanged(old, new, unchanged):
+    from kube_xdp_api.conditions import status_unchanged
+    assert status_unchanged(old, new) is unchanged
