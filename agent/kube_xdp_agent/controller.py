@@ -324,8 +324,18 @@ class Agent:
                     self._event(att, "Warning", reasons.DRIFT_REPAIRED,
                                 f"{r.interface}: program {was.get('progId')} was detached or replaced behind kube-xdp's back; "
                                 f"re-attached program {r.prog_id} in {r.mode} mode")
-        return attachment_status(old=old, generation=generation, now=cond.now(), interfaces=results, failure=failure,
-                                 compile_info=compile_info, pin_path=pinned.prog_path, tag=pinned.tag)
+        status = attachment_status(old=old, generation=generation, now=cond.now(), interfaces=results, failure=failure,
+                                   compile_info=compile_info, pin_path=pinned.prog_path, tag=pinned.tag)
+        if any(r.ok and r.mode == "offload" for r in results):
+            # An offloaded interface runs the program built for its device (pinned under its
+            # own digest): report that pin and tag, whose maps are the ones the program uses,
+            # not the host program's (tests/offload/guest_controller.py).
+            own = {p.prog_id: p for p in self.pins.open_pinned(program)}
+            for entry in status["interfaces"]:
+                p = own.get(entry.get("progId")) if entry.get("ready") and entry.get("mode") == "offload" else None
+                if p is not None:
+                    entry.update(pinPath=p.prog_path, tag=p.tag)
+        return status
 
     def _ranks(self, att: dict, d: Desired) -> tuple[Rank, dict[str, Rank]]:
         """This program's rank and the other XdpPrograms' with an attachment on this node
