@@ -4,10 +4,10 @@ mode, in generic mode, and with no program on that node (its attachment removed 
 a nodeSelector change). Modes are switched through kube-xdp itself and interleaved
 (A B C C B A) to cancel drift on a shared machine.
 
-trafgen is run here rather than through kube_xdp_rig.traffic.trafgen: that helper passes
-`--silent`, which Debian's trafgen 0.6.8 refuses ("unrecognized option"), so it sends
-nothing (reported; the rig is not ours to change). Same bounds: a rig address (checked by
-traffic.trafgen_config) and a duration, after which trafgen gets SIGINT, then SIGKILL.
+trafgen runs through the rig's kube_xdp_rig.traffic.Trafgen: a rig address (checked by
+traffic.trafgen_config) and a duration, after which its whole process group gets SIGINT
+(then SIGKILL); a trafgen that fails raises TrafgenError with its stderr, so a run that
+sent nothing cannot pass for a measurement.
 
 Counted over a steady-state window (trafgen running for 1 s before the first read):
 - sent: the traffic source's veth tx_packets;
@@ -18,10 +18,7 @@ Counted over a steady-state window (trafgen running for 1 s before the first rea
 
 from __future__ import annotations
 
-import json
 import struct
-import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -33,43 +30,8 @@ from .watch import ready
 DROP_PORT = 7777
 
 
-def _trafgen(src_netns: str, dev: str, config: str, seconds: float) -> subprocess.CompletedProcess:
-    import signal
-    import tempfile
-    with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as f:
-        f.write(config)
-    argv = ["ip", "netns", "exec", src_netns, "trafgen", "--dev", dev, "--conf", f.name, "--cpus", "1",
-            "--no-sock-mem", "--qdisc-path", "--no-cpu-stats"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-    finally:
-        Path(f.name).unlink(missing_ok=True)
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
-
-
-def _link_stats(netns: str, dev: str) -> dict:
-    out = subprocess.run(["ip", "-n", netns, "-s", "-j", "link", "show", "dev", dev],
-                         capture_output=True, text=True, check=True).stdout
-    st = json.loads(out)[0]["stats64"]
-    return {"rx_packets": st["rx"]["packets"], "rx_dropped": st["rx"]["dropped"],
-            "tx_packets": st["tx"]["packets"], "tx_dropped": st["tx"]["dropped"]}
-
-
 def _snmp(netns: str) -> dict:
-    text = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"],
-                          capture_output=True, text=True, check=True).stdout.splitlines()
-    out = {}
-    for head, vals in zip(text[0::2], text[1::2]):
-        proto, keys = head.split(":", 1)
-        out.update({f"{proto}.{k}": int(v) for k, v in zip(keys.split(), vals.split(":", 1)[1].split())})
+    out = traffic.snmp(netns)
     return {k: out.get(k, 0) for k in ("Udp.NoPorts", "Udp.InDatagrams", "Udp.InErrors", "Ip.InReceives")}
 
 
@@ -83,7 +45,8 @@ def _prog_counters(pin_path: str | None) -> dict:
 
 
 def _snapshot(node, pin: str | None) -> dict:
-    return {"t": time.monotonic(), "src": _link_stats(node.src_netns, "eth0"), "node": _link_stats(node.netns, "eth0"),
+    return {"t": time.monotonic(), "src": traffic.link_stats(node.src_netns, "eth0"),
+            "node": traffic.link_stats(node.netns, "eth0"),
             "snmp": _snmp(node.netns), "prog": _prog_counters(pin)}
 
 
@@ -130,15 +93,12 @@ def measure(bench, mode: str, seconds: float) -> dict:
     pin = _set_mode(bench, mode)
     cfg = traffic.trafgen_config(src_mac=eth0["src_mac"], dst_mac=eth0["node_mac"], src_ip=eth0["src_ip"],
                                  dst_ip=eth0["node_ip"], dport=DROP_PORT)
-    result: dict = {}
-    gen = threading.Thread(target=lambda: result.setdefault(
-        "proc", _trafgen(node.src_netns, "eth0", cfg, seconds + 2.0)), daemon=True)
-    gen.start()
-    time.sleep(1.0)
-    a = _snapshot(node, pin)
-    time.sleep(seconds)
-    b = _snapshot(node, pin)
-    gen.join(timeout=seconds + 40)
+    with traffic.Trafgen(node.src_netns, "eth0", cfg, seconds=seconds + 2.0) as gen:
+        time.sleep(1.0)
+        a = _snapshot(node, pin)
+        time.sleep(seconds)
+        b = _snapshot(node, pin)
+        tg = gen.wait(timeout=seconds + 40)
     dt = b["t"] - a["t"]
 
     def rate(section: str, key: str) -> float | None:
@@ -152,8 +112,8 @@ def measure(bench, mode: str, seconds: float) -> dict:
         "node_rx_pps": rate("node", "rx_packets"), "node_rx_dropped_pps": rate("node", "rx_dropped"),
         "prog_dropped_pps": rate("prog", "prog_dropped"), "prog_passed_pps": rate("prog", "prog_passed"),
         "udp_noports_pps": rate("snmp", "Udp.NoPorts"), "ip_inreceives_pps": rate("snmp", "Ip.InReceives"),
-        "trafgen_rc": result.get("proc").returncode if result.get("proc") else None,
-        "trafgen_stderr": (result.get("proc").stderr or "")[-500:] if result.get("proc") else None,
+        "trafgen_rc": tg.returncode, "trafgen_stderr": tg.stderr[-500:], "trafgen_sent": tg.sent,
+        "trafgen_seconds": round(tg.seconds, 3),
     }
 
 

@@ -1,16 +1,25 @@
 """Traffic into simulated nodes, from their traffic-source namespaces.
 
 `send_udp` sends a counted burst with a plain socket (exact counts for tests);
-`trafgen` drives line-rate 64-byte UDP with netsniff-ng's trafgen (load for faults and
-benchmarks). Destinations are always the rig's own node addresses (198.18.0.0/15).
+`trafgen` / `Trafgen` drive line-rate 64-byte UDP with netsniff-ng's trafgen (load for
+faults and benchmarks), always bounded by a count or a duration, and raise TrafgenError
+(with trafgen's stderr) when trafgen fails. Destinations are always the rig's own node
+addresses (198.18.0.0/15). `link_stats` and `snmp` read the kernel's counters.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 RIG_NET = ipaddress.ip_network("198.18.0.0/15")
@@ -93,6 +102,26 @@ class UdpReceiver:
             self.proc.wait()
 
 
+def link_stats(netns: str, dev: str) -> dict[str, int]:
+    """An interface's packet counters (the kernel's stats64), as `ip -s` reads them."""
+    out = subprocess.run(["ip", "-n", netns, "-s", "-j", "link", "show", "dev", dev],
+                         capture_output=True, text=True, check=True).stdout
+    st = json.loads(out)[0]["stats64"]
+    return {"rx_packets": st["rx"]["packets"], "rx_dropped": st["rx"]["dropped"],
+            "tx_packets": st["tx"]["packets"], "tx_dropped": st["tx"]["dropped"]}
+
+
+def snmp(netns: str) -> dict[str, int]:
+    """A namespace's IP/ICMP/TCP/UDP counters from /proc/net/snmp, as {"Udp.NoPorts": n, ...}."""
+    lines = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    out = {}
+    for head, values in zip(lines[0::2], lines[1::2]):
+        proto, keys = head.split(":", 1)
+        out.update({f"{proto}.{k}": int(v) for k, v in zip(keys.split(), values.split(":", 1)[1].split())})
+    return out
+
+
 def trafgen_config(*, src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, dport: int, sport: int = 9) -> str:
     """A trafgen packet description: one 64-byte Ethernet/IPv4/UDP frame."""
     _check_dst(dst_ip)
@@ -113,30 +142,165 @@ def trafgen_config(*, src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, dpor
 """
 
 
+class TrafgenError(RuntimeError):
+    """trafgen failed, or did not send what it was asked to (the message has its stderr)."""
+
+
+@dataclass(frozen=True)
+class TrafgenResult:
+    sent: int              # what trafgen reports it sent ("N packets outgoing")
+    seconds: float         # from start to exit
+    interrupted: bool      # ended by SIGINT (its duration bound, or stop()), not by its count
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Trafgen:
+    """trafgen in a traffic-source namespace, in the background, bounded by a packet count
+    (`count`: trafgen stops by itself), a duration (`seconds`: then SIGINT), or both.
+
+    trafgen forks one worker per CPU, and a SIGINT to the parent alone can leave the worker
+    sending: trafgen runs in a process group of its own and the whole group is signalled.
+    On SIGINT trafgen prints its totals and exits 0. `wait()`/`stop()` return a
+    TrafgenResult, or raise TrafgenError if trafgen failed (bad option, no such device or
+    namespace, a config it cannot parse) or ended by itself short of its count.
+    Use as a context manager: on exit a trafgen still running is killed.
+    """
+
+    def __init__(self, src_netns: str, dev: str, config: str, *, count: int | None = None,
+                 seconds: float | None = None, rate: int | None = None, cpus: int = 1):
+        if count is None and seconds is None:
+            raise ValueError("trafgen: give a packet count or a duration: the rig never sends unbounded traffic")
+        if count is not None and count <= 0:      # trafgen's --num 0 means "forever"
+            raise ValueError(f"trafgen: count must be positive, not {count}")
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"trafgen: seconds must be positive, not {seconds}")
+        self.src_netns, self.dev, self.config = src_netns, dev, config
+        self.count, self.seconds, self.rate, self.cpus = count, seconds, rate, cpus
+        self.proc: subprocess.Popen | None = None
+        self.result: TrafgenResult | None = None
+        self._cfg: Path | None = None
+        self._timer: threading.Timer | None = None
+        self._interrupted = False
+
+    def argv(self, cfg: str) -> list[str]:
+        return ["ip", "netns", "exec", self.src_netns, "trafgen", "--dev", self.dev, "--conf", cfg,
+                "--cpus", str(self.cpus), "--no-sock-mem", "--qdisc-path", "--no-cpu-stats",
+                *(["--num", str(self.count)] if self.count is not None else []),
+                *(["--rate", f"{self.rate}pps"] if self.rate else [])]
+
+    def start(self) -> "Trafgen":
+        fd, name = tempfile.mkstemp(suffix=".cfg", prefix="kube-xdp-trafgen-")
+        with os.fdopen(fd, "w") as f:
+            f.write(self.config)
+        self._cfg = Path(name)
+        self.proc = subprocess.Popen(self.argv(name), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self.t0 = time.monotonic()
+        if self.seconds is not None:
+            self._timer = threading.Timer(self.seconds, self.interrupt)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def interrupt(self) -> None:
+        """SIGINT to trafgen's process group, if it is still running."""
+        if self.running():
+            self._interrupted = True
+            self._signal(signal.SIGINT)
+
+    def wait(self, timeout: float | None = None) -> TrafgenResult:
+        """Until trafgen ends by itself (its count) or by its duration bound; after `timeout`
+        seconds it is stopped and that is an error."""
+        assert self.proc is not None, "trafgen was not started"
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise TrafgenError(f"trafgen did not finish within {timeout:.0f} s ({self._describe()}); stopped "
+                               f"after {self.result.sent} packets") from None
+        return self._finish(out, err)
+
+    def stop(self) -> TrafgenResult:
+        """Now: SIGINT (trafgen prints its totals), then count; SIGKILL if it does not exit."""
+        assert self.proc is not None, "trafgen was not started"
+        if self.result is not None:
+            return self.result
+        if self._timer is not None:
+            self._timer.cancel()
+        self.interrupt()
+        try:
+            out, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL)
+            out, err = self.proc.communicate(timeout=10)
+        return self._finish(out, err)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group if still running, and clean up (no result)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.proc is not None:
+            self._signal(signal.SIGKILL)
+            self.proc.wait()
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        if self._cfg is not None:
+            self._cfg.unlink(missing_ok=True)
+
+    def _signal(self, sig: int) -> None:
+        if self.running():
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _describe(self) -> str:
+        bounds = [f"{self.count} packets" if self.count is not None else "",
+                  f"{self.seconds} s" if self.seconds is not None else "",
+                  f"{self.rate} pps" if self.rate else ""]
+        return f"netns {self.src_netns}, dev {self.dev}, {', '.join(b for b in bounds if b)}"
+
+    def _finish(self, out: str, err: str) -> TrafgenResult:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._cfg is not None:
+            self._cfg.unlink(missing_ok=True)
+        rc = self.proc.returncode
+        said = (err or "").strip() or (out or "").strip()[-500:] or "(no output)"
+        if rc != 0:
+            how = f"was killed by signal {-rc}" if rc < 0 else f"exited with {rc}"
+            raise TrafgenError(f"trafgen {how} ({self._describe()}): {said}")
+        match = re.search(r"(\d+) packets outgoing", out or "")
+        if not match:
+            raise TrafgenError(f"trafgen did not report what it sent ({self._describe()}): {said}")
+        sent = int(match.group(1))
+        self.result = TrafgenResult(sent=sent, seconds=self.elapsed(), interrupted=self._interrupted,
+                                    returncode=rc, stdout=out, stderr=err)
+        if not self._interrupted and self.count is not None and sent != self.count:
+            raise TrafgenError(f"trafgen ended by itself after {sent} of {self.count} packets "
+                               f"({self._describe()}): {said}")
+        return self.result
+
+    def __enter__(self) -> "Trafgen":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
 def trafgen(src_netns: str, dev: str, config: str, *, count: int | None = None, seconds: float | None = None,
-            cpus: int = 1) -> subprocess.CompletedProcess:
-    """Run trafgen in a traffic-source namespace, bounded by a packet count or a duration."""
-    if count is None and seconds is None:
-        raise ValueError("trafgen: give a packet count or a duration: the rig never sends unbounded traffic")
-    with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as f:
-        f.write(config)
-        cfg = Path(f.name)
-    argv = ["ip", "netns", "exec", src_netns, "trafgen", "--dev", dev, "--conf", str(cfg), "--cpus", str(cpus),
-            "--no-sock-mem", "--qdisc-path", "--silent"]
-    if count is not None:
-        argv += ["--num", str(count)]
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=(seconds or 60) + 30,
-                              check=False) if seconds is None else _timed(argv, seconds)
-    finally:
-        cfg.unlink(missing_ok=True)
-
-
-def _timed(argv: list[str], seconds: float) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(2)   # trafgen prints its totals on SIGINT
-        out, err = proc.communicate(timeout=10)
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+            rate: int | None = None, cpus: int = 1, timeout: float = 60) -> TrafgenResult:
+    """Run trafgen in a traffic-source namespace until its packet count is sent or its
+    duration is over (then SIGINT); raise TrafgenError if it failed or sent short. A run
+    with only a count that takes longer than `timeout` seconds is stopped, as an error."""
+    with Trafgen(src_netns, dev, config, count=count, seconds=seconds, rate=rate, cpus=cpus) as run:
+        return run.wait(timeout=seconds + 30 if seconds is not None else timeout)

@@ -23,13 +23,7 @@ max() keeps the worse one if they ever disagree.
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import signal
 import struct
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -77,16 +71,11 @@ def fault_program(name: str, port: int, *, version: int = 1, interfaces=None, se
 
 # --- counters ---------------------------------------------------------------------------------
 def ip_in_receives(netns: str) -> int:
-    out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], capture_output=True, text=True,
-                         check=True).stdout.splitlines()
-    header, values = [line.split() for line in out if line.startswith("Ip:")][:2]
-    return int(values[header.index("InReceives")])
+    return traffic.snmp(netns)["Ip.InReceives"]
 
 
 def tx_dropped(netns: str, ifname: str) -> int:
-    out = subprocess.run(["ip", "-n", netns, "-s", "-j", "link", "show", "dev", ifname], capture_output=True,
-                         text=True, check=True).stdout
-    return int(json.loads(out)[0]["stats64"]["tx"]["dropped"])
+    return traffic.link_stats(netns, ifname)["tx_dropped"]
 
 
 class Counter:
@@ -130,9 +119,9 @@ class FlowResult:
 
 
 class Flow:
-    """trafgen in the background: 64-byte frames to UDP `port` on one of a node's interfaces
-    at `rate` pps until `wait()` stops it (SIGINT: trafgen prints its totals), and never
-    more than `rate * max_seconds` frames (the bound)."""
+    """trafgen in the background (the rig's traffic.Trafgen): 64-byte frames to UDP `port`
+    on one of a node's interfaces at `rate` pps until `wait()` stops it (SIGINT: trafgen
+    prints its totals), and never more than `rate * max_seconds` frames (the bound)."""
 
     def __init__(self, node, port: int, *, iface: int | dict = 0, rate: int | None = RATE, max_seconds: float = 30.0):
         """`rate` None: as fast as trafgen goes (one core; smooth, unlike a limited rate,
@@ -141,82 +130,45 @@ class Flow:
         self.node = node
         self.link = iface if isinstance(iface, dict) else node.interfaces[iface]
         # trafgen runs a limited rate faster than asked when it falls behind (a busy
-        # machine): the count is 3x the rate, the duration is bounded by a watchdog.
+        # machine): the count is 3x the rate, the duration is bounded (SIGINT at max_seconds).
         self.count = int((rate * 3 if rate else MAX_RATE) * max_seconds)
         self.rate, self.max_seconds = rate, max_seconds
-        self._watchdog: threading.Timer | None = None
         self.config = traffic.trafgen_config(src_mac=self.link["src_mac"], dst_mac=self.link["node_mac"],
                                              src_ip=self.link["src_ip"], dst_ip=self.link["node_ip"], dport=port)
-        self.proc: subprocess.Popen | None = None
+        self.trafgen = traffic.Trafgen(node.src_netns, self.link["name"], self.config, count=self.count,
+                                       seconds=max(max_seconds, 1.0), rate=rate)
         self.result: FlowResult | None = None
         self.output = ""
 
     def start(self) -> "Flow":
         self._in0 = ip_in_receives(self.node.netns)
         self._drop0 = tx_dropped(self.node.src_netns, self.link["name"])
-        fd, self._cfg = tempfile.mkstemp(suffix=".cfg", prefix="kxf-trafgen-")
-        with os.fdopen(fd, "w") as f:
-            f.write(self.config)
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.node.src_netns, "trafgen", "--dev", self.link["name"], "--conf", self._cfg,
-             "--cpus", "1", "--no-sock-mem", "--qdisc-path", "--num", str(self.count),
-             *(["--rate", f"{self.rate}pps"] if self.rate else [])],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        self.t0 = time.monotonic()
-        self._watchdog = threading.Timer(max(self.max_seconds, 1.0), self._interrupt)
-        self._watchdog.daemon = True
-        self._watchdog.start()
+        self.trafgen.start()
         time.sleep(0.2)
-        assert self.running(), f"trafgen did not start: {self.proc.communicate()[0][-500:]!r}"
+        if not self.running():
+            self.trafgen.wait()       # a failed trafgen raises TrafgenError with its stderr here
+            raise AssertionError(f"trafgen ended at once: {self.trafgen.result}")
         return self
 
-    def _interrupt(self) -> None:
-        if self.running():
-            os.killpg(self.proc.pid, signal.SIGINT)
-
     def elapsed(self) -> float:
-        return time.monotonic() - self.t0
+        return self.trafgen.elapsed()
 
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.trafgen.running()
 
     def wait(self) -> FlowResult:
-        """Stop the flow now (if still running) and count."""
-        assert self.proc is not None
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        ended_early = not self.running()
-        if not ended_early:
-            os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            out, _ = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            out, _ = self.proc.communicate(timeout=10)
-        finally:
-            os.unlink(self._cfg)
-        took = self.elapsed()
-        self.output = out or ""
-        match = re.search(r"(\d+) packets outgoing", self.output)
-        assert match, f"trafgen did not report what it sent (exit {self.proc.returncode}): {self.output[-500:]!r}"
-        sent = int(match.group(1))
-        assert not ended_early or sent == self.count or took >= self.max_seconds, \
-            f"trafgen ended early after {took:.1f} s (exit {self.proc.returncode}): {self.output[-500:]!r}"
+        """Stop the flow now (if still running) and count. trafgen ending by itself short
+        of its count (not stopped by its bound) raises TrafgenError."""
+        tg = self.trafgen.stop()
+        self.output = tg.stdout
         time.sleep(0.3)                                   # let the last frames through NAPI
         dropped = tx_dropped(self.node.src_netns, self.link["name"]) - self._drop0
-        self.result = FlowResult(sent=sent, delivered=sent - dropped,
-                                 reached_stack=ip_in_receives(self.node.netns) - self._in0, seconds=took)
+        self.result = FlowResult(sent=tg.sent, delivered=tg.sent - dropped,
+                                 reached_stack=ip_in_receives(self.node.netns) - self._in0, seconds=tg.seconds)
         return self.result
 
     def stop(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
+        self.trafgen.kill()
 
     def __enter__(self) -> "Flow":
         return self.start()
