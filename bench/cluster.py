@@ -1,5 +1,6 @@
 """The benchmark's own rig instance and kube-xdp on it: set up, tracked processes,
-API helpers. Always torn down by the caller (`Bench.close`), even on failure."""
+API helpers (the rig's kube_xdp_rig.cluster.Cluster). Always torn down by the caller
+(`Bench.close`), even on failure."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import kubernetes
 import yaml
 from kubernetes.client.rest import ApiException
 
 from kube_xdp_api import names
 from kube_xdp_rig import workloads
+from kube_xdp_rig.cluster import Cluster, admin_client, copy_logs, rig_ports
 from kube_xdp_rig.config import RigConfig
-from kube_xdp_rig.controlplane import free_ports
 from kube_xdp_rig.rig import Rig, RigInfo
 
 from . import procstat
@@ -55,16 +55,13 @@ def program_body(name: str, base: dict, selector: dict, interfaces: list[str], *
     return {"apiVersion": names.API_VERSION, "kind": names.PROGRAM_KIND, "metadata": {"name": name}, "spec": spec}
 
 
-class Bench:
+class Bench(Cluster):
     def __init__(self, log=print, *, nodes: int = 3):
+        super().__init__()
         self.log = log
-        etcd_port, _, api_port = free_ports(3, consecutive=True)
         self.config = RigConfig(instance=INSTANCE, nodes=nodes, interfaces=INTERFACES,
-                                node_labels={"node-2": {"role": "edge"}},
-                                apiserver_port=api_port, etcd_port=etcd_port, audit=True)
+                                node_labels={"node-2": {"role": "edge"}}, **rig_ports(), audit=True)
         self.rig = Rig(self.config)
-        self.info: RigInfo | None = None
-        self.client = None
         self.watcher: ProgramWatcher | None = None
         self.sampler = procstat.Sampler().start()
 
@@ -74,11 +71,8 @@ class Bench:
             self.log(f"bench: a rig instance '{INSTANCE}' exists (a previous bench run?): removing it first")
             self.rig.down(log=lambda *_: None)
         self.info = self.rig.up(log=lambda m: self.log(f"  {m}"))
-        workloads.start_all(self.info, resync=2.0)
-        self.client = kubernetes.config.new_client_from_config(config_file=self.info.kubeconfig)
-        self.custom = kubernetes.client.CustomObjectsApi(self.client)
-        self.core = kubernetes.client.CoreV1Api(self.client)
-        self.watcher = ProgramWatcher(kubernetes.config.new_client_from_config(config_file=self.info.kubeconfig)).start()
+        self.deploy(resync=2.0)
+        self.watcher = ProgramWatcher(admin_client(self.info)).start()
         self.sampler.track("agent", [self.pid(workloads.agent_name(n.name)) for n in self.info.nodes])
         self.sampler.track("operator", [self.pid("operator")])
         self.wait_agents_synced()
@@ -90,8 +84,7 @@ class Bench:
         if keep_logs is not None and self.info is not None:
             import shutil
             try:
-                shutil.rmtree(keep_logs, ignore_errors=True)
-                shutil.copytree(Path(self.info.state_dir) / "logs", keep_logs)
+                copy_logs(self.info, keep_logs)
                 shutil.copy(self.audit_log, keep_logs / "audit.log")
                 self.log(f"bench: logs kept in {keep_logs}")
             except OSError as e:
@@ -115,8 +108,9 @@ class Bench:
         netns.mount_bpffs(path)
         return str(path)
 
-    def pid(self, name: str) -> int | None:
-        return self.rig.procs.pid(name)
+    @property
+    def procs(self):
+        return self.rig.procs       # the rig's own table (there before `up`)
 
     def agent_pids(self) -> dict[str, int]:
         return {n.name: self.pid(workloads.agent_name(n.name)) for n in self.info.nodes}
@@ -163,33 +157,6 @@ class Bench:
                     return True
             time.sleep(0.3)
         return False
-
-    # -- API helpers -------------------------------------------------------------------
-    def create(self, body: dict) -> dict:
-        return self.custom.create_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, body)
-
-    def patch_spec(self, name: str, spec: dict) -> dict:
-        return self.custom.patch_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, name, {"spec": spec})
-
-    def delete(self, name: str) -> None:
-        try:
-            self.custom.delete_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-
-    def get(self, name: str) -> dict | None:
-        try:
-            return self.custom.get_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, name)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-
-    def attachments(self, program: str) -> dict[str, dict]:
-        items = self.custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.ATTACHMENTS,
-                                                       label_selector=f"{names.LABEL_PROGRAM}={program}")["items"]
-        return {a["spec"]["nodeName"]: a for a in items}
 
     # -- hollow nodes ------------------------------------------------------------------
     def create_hollow_nodes(self, n: int) -> list[str]:

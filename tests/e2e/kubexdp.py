@@ -6,11 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-import kubernetes
-from kubernetes.client.rest import ApiException
-
 from kube_xdp_api import names
-from kube_xdp_rig.workloads import wait_for
+from kube_xdp_rig import cluster as rig_cluster
 
 # iproute2's JSON "xdp.mode": XDP_ATTACHED_* from the UAPI
 IP_XDP_MODES = {0: None, 1: "native", 2: "generic", 3: "offload", 4: "multi"}
@@ -71,70 +68,16 @@ def program(name: str, source: str, entrypoint: str, *, interfaces=None, defines
     return {"apiVersion": names.API_VERSION, "kind": names.PROGRAM_KIND, "metadata": {"name": name}, "spec": spec}
 
 
-class Cluster:
-    """The rig's API through the admin client, in the terms a test thinks in."""
+class Cluster(rig_cluster.Cluster):
+    """The rig's API through the admin client, in the terms a test thinks in (the rig's
+    kube_xdp_rig.cluster.Cluster); a wait that times out is a test failure."""
 
-    def __init__(self, client: kubernetes.client.ApiClient):
-        self.custom = kubernetes.client.CustomObjectsApi(client)
-        self.core = kubernetes.client.CoreV1Api(client)
-
-    def create(self, body: dict) -> dict:
-        return self.custom.create_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, body)
-
-    def patch_spec(self, name: str, spec: dict) -> dict:
-        return self.custom.patch_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, name, {"spec": spec})
-
-    def get(self, name: str) -> dict | None:
-        try:
-            return self.custom.get_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, name)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-
-    def delete(self, name: str) -> None:
-        try:
-            self.custom.delete_cluster_custom_object(names.GROUP, names.VERSION, names.PROGRAMS, name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-
-    def attachments(self, program: str) -> dict[str, dict]:
-        items = self.custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.ATTACHMENTS,
-                                                       label_selector=f"{names.LABEL_PROGRAM}={program}")["items"]
-        return {a["spec"]["nodeName"]: a for a in items}
-
-    def condition(self, name: str, type_: str) -> dict | None:
-        obj = self.get(name) or {}
-        for c in (obj.get("status") or {}).get("conditions", []):
-            if c["type"] == type_:
-                return c
-        return None
-
-    def is_current(self, name: str, type_: str = "Ready", status: str = "True") -> bool:
-        obj = self.get(name) or {}
-        st = obj.get("status") or {}
-        c = self.condition(name, type_)
-        return (st.get("observedGeneration") == obj.get("metadata", {}).get("generation")
-                and c is not None and c["status"] == status)
-
-    def wait_ready(self, name: str, timeout: float = 90) -> dict:
-        wait(lambda: self.is_current(name), timeout, f"{name} Ready")
-        return self.get(name)
-
-    def wait_gone(self, name: str, timeout: float = 60) -> None:
-        wait(lambda: self.get(name) is None and not self.attachments(name), timeout, f"{name} and its attachments gone")
-
-    def label_node(self, node: str, labels: dict) -> None:
-        self.core.patch_node(node, {"metadata": {"labels": labels}})
+    timeout_error = AssertionError
 
 
 def wait(predicate, timeout: float, what: str, interval: float = 0.25):
     """Poll `predicate` until truthy (AssertionError on timeout, as a test failure)."""
-    try:
-        return wait_for(predicate, timeout, what, interval)
-    except TimeoutError as e:
-        raise AssertionError(str(e)) from None
+    return rig_cluster.wait(predicate, timeout, what, interval, error=AssertionError)
 
 
 def kernel_xdp(netns: str, ifname: str) -> tuple[str | None, int | None]:

@@ -16,16 +16,12 @@ from kubernetes.client.rest import ApiException
 from kube_xdp_rig import netns as rig_netns
 from kube_xdp_rig.apply import wait_established
 from kube_xdp_rig import traffic
+from kube_xdp_rig.cluster import rig_ports
 from kube_xdp_rig.config import ConfigError, RigConfig
-from kube_xdp_rig.controlplane import RigError, free_ports
+from kube_xdp_rig.controlplane import RigError
 from kube_xdp_rig.rig import Rig
 
 from .conftest import TEST_CONFIG, api_client
-
-
-def _ports() -> dict:
-    etcd, _, api = free_ports(3, consecutive=True)     # etcd uses etcd+1 too
-    return dict(etcd_port=etcd, apiserver_port=api)
 
 
 pytestmark = pytest.mark.rig
@@ -165,7 +161,7 @@ def test_port_already_taken_is_a_clear_error():
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(RigError, match=rf"port {port} for kube-apiserver is already in use.*--apiserver-port"):
-            Rig(RigConfig(instance="kxp", nodes=1, apiserver_port=port, etcd_port=_ports()["etcd_port"])).up(log=lambda *_: None)
+            Rig(RigConfig(instance="kxp", nodes=1, apiserver_port=port, etcd_port=rig_ports()["etcd_port"])).up(log=lambda *_: None)
     assert not Rig(RigConfig(instance="kxp")).leftovers()["netns"]
 
 
@@ -194,7 +190,7 @@ def test_cli_down_when_nothing_is_up_says_so():
 
 
 def test_down_leaves_nothing_behind():
-    r = Rig(RigConfig(instance="kxd", nodes=2, **_ports()))
+    r = Rig(RigConfig(instance="kxd", nodes=2, **rig_ports()))
     info = r.up(log=lambda *_: None)
     pids = [p.pid for p in r.procs.running()]
     assert len(pids) == 2 and len(rig_netns.list_netns("kxd-")) == 4 and rig_netns.mounts_under(Path(info.state_dir))
@@ -206,7 +202,7 @@ def test_down_leaves_nothing_behind():
 
 
 def test_up_recovers_a_crashed_rig():
-    r = Rig(RigConfig(instance="kxc", nodes=1, **_ports()))
+    r = Rig(RigConfig(instance="kxc", nodes=1, **rig_ports()))
     r.up(log=lambda *_: None)
     try:
         os.kill(r.procs.pid("kube-apiserver"), 9)          # crash: pid file and namespaces stay

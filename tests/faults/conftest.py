@@ -10,18 +10,15 @@ At the end of the session the scenario table (faultlib.TABLE) is printed, and wr
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
 
-import kubernetes
 import pytest
 
-from kube_xdp_rig import workloads
+from kube_xdp_rig.cluster import rig_ports, rig_up
 from kube_xdp_rig.config import RigConfig
-from kube_xdp_rig.controlplane import free_ports
-from kube_xdp_rig.rig import Rig, RigInfo
+from kube_xdp_rig.rig import RigInfo
 from tests.e2e.kubexdp import Cluster
 
 from .faultlib import TABLE
@@ -29,25 +26,11 @@ from .faultlib import TABLE
 FAULT_INSTANCE = "kxf"
 
 
-_BASE = free_ports(3, consecutive=True)[0]
-FAULT_CONFIG = dict(instance=FAULT_INSTANCE, nodes=3, interfaces=("eth0", "eth1"),
-                    etcd_port=_BASE, apiserver_port=_BASE + 2)
+FAULT_CONFIG = dict(instance=FAULT_INSTANCE, nodes=3, interfaces=("eth0", "eth1"), **rig_ports())
 
 
 class FaultCluster(Cluster):
-    """The e2e Cluster helpers plus what faults need: the rig, processes, Events."""
-
-    def __init__(self, rig: RigInfo, client):
-        super().__init__(client)
-        self.rig = rig
-        self.client = client
-
-    @property
-    def procs(self):
-        return workloads.rig_for(self.rig).procs
-
-    def pid(self, name: str) -> int | None:
-        return self.procs.pid(name)
+    """The e2e Cluster helpers plus what faults need: killing processes, Events, logs."""
 
     def sigkill(self, name: str) -> int:
         """SIGKILL one process this suite started (by its pid file), and wait until it is gone."""
@@ -77,40 +60,23 @@ class FaultCluster(Cluster):
 
 @pytest.fixture(scope="session")
 def frig() -> RigInfo:
-    r = Rig(RigConfig(**FAULT_CONFIG))
-    info = r.up(log=lambda *_: None)
-    yield info
     keep = Path(__file__).resolve().parents[2] / ".pytest_cache" / "kxf-logs"   # for the post-mortem
-    shutil.rmtree(keep, ignore_errors=True)
-    if r.procs.log_dir.is_dir():
-        shutil.copytree(r.procs.log_dir, keep)
-    r.down(log=lambda *_: None)
+    with rig_up(RigConfig(**FAULT_CONFIG), keep_logs=keep) as info:
+        yield info
 
 
 @pytest.fixture(scope="session")
 def fx(frig) -> FaultCluster:
-    workloads.start_all(frig, resync=1.0)
-    client = kubernetes.config.new_client_from_config(config_file=frig.kubeconfig)
-    cluster = FaultCluster(frig, client)
-    yield cluster
-    client.close()
+    with FaultCluster(frig).deploy(resync=1.0) as cluster:
+        yield cluster
 
 
 @pytest.fixture()
 def programs(fx):
     """Programs created through this fixture are deleted after the test, and their
     removal from every node awaited."""
-    created: list[str] = []
-
-    def create(body: dict) -> dict:
-        created.append(body["metadata"]["name"])
-        return fx.create(body)
-
-    yield create
-    for name in created:
-        fx.delete(name)
-    for name in created:
-        fx.wait_gone(name, timeout=90)
+    with fx.tracked_programs(gone_timeout=90) as create:
+        yield create
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
