@@ -40,6 +40,12 @@ bind, port = sys.argv[1], int(sys.argv[2])
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+# 32 MiB (the default ~208 KiB holds ~256 small datagrams: a burst while this process is
+# not scheduled on a loaded machine overflowed it). FORCE: as root, past rmem_max.
+try:
+    s.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)      # SO_RCVBUFFORCE
+except OSError:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
 s.bind((bind, port))
 s.settimeout(0.05)
 print("ready", flush=True)
