@@ -211,17 +211,17 @@ class Reconciler:
             # e.g. an attachment of the same name still being deleted: come back shortly
             self._retry_soon.add(name)
         events, released = self._release_stuck(program, attachments)
-        if deleting:
-            left = [a for a in attachments
-                    if placement.is_owned_by(a, uid) and a["metadata"]["name"] not in released]
-            if not left:
-                self.api.set_program_finalizer(program, present=False)
-                self._status_written.pop(name, None)
-                self._finalized.discard(uid)
-                self._written.pop(name, None)
-                return events, program
-        new = status_mod.aggregate(program, attachments, selected, conditions.now())
-        return events + self._write_status(program, new), program
+        left = [a for a in attachments if placement.is_owned_by(a, uid) and a["metadata"]["name"] not in released]
+        new = status_mod.aggregate(program, left if deleting else attachments, selected, conditions.now())
+        # Written before the finalizer goes too: a program still held by someone else's
+        # finalizer says Deleting (kstatus, Argo CD), not the Ready it had.
+        events += self._write_status(program, new)
+        if deleting and not left:
+            self.api.set_program_finalizer(program, present=False)
+            self._status_written.pop(name, None)
+            self._finalized.discard(uid)
+            self._written.pop(name, None)
+        return events, program
 
     def _agent_nodes(self) -> set[str] | None:
         """Nodes with a kube-xdp agent (an XdpNode); None when unknown (no index)."""
@@ -245,8 +245,10 @@ class Reconciler:
             since = _age(meta.get("deletionTimestamp"), now)
             if since is None:
                 continue
-            if since <= AGENT_CLEANUP_TIMEOUT:
-                left = AGENT_CLEANUP_TIMEOUT - since + 0.5
+            # deletionTimestamp has whole seconds: the deletion may be up to 1 s younger
+            since -= 1.0
+            if since < AGENT_CLEANUP_TIMEOUT:
+                left = AGENT_CLEANUP_TIMEOUT - since + 0.05
                 soonest = left if soonest is None else min(soonest, left)
                 continue
             node = (att.get("spec") or {}).get("nodeName", "?")

@@ -34,6 +34,26 @@ def test_generic_only_policy(rig, kubexdp, programs):
         assert kernel_xdp(node.netns, "eth1") == ("generic", entry["progId"])
 
 
+def test_mode_policy_back_to_native_first_moves_the_program_back_to_native(rig, kubexdp, programs):
+    """native -> generic-only -> native-first (generic allowed): the program, still allowed
+    in generic, is moved back to the preferred mode the driver supports, read back from
+    the kernel (it used to stay in generic: any allowed mode was kept)."""
+    programs(program("e2e-mode-back", COUNT_ALL, "xdp_count", interfaces={"names": ["eth1"]},
+                     mode="native", fallback=["generic"]))
+    kubexdp.wait_ready("e2e-mode-back")
+    seen = {}
+    for mode, fallback in (("generic", []), ("native", ["generic"])):
+        kubexdp.patch_spec("e2e-mode-back", {"mode": mode, "fallback": fallback})
+        prog = kubexdp.wait_ready("e2e-mode-back")
+        assert prog["status"]["modes"] == {mode: 3}, prog["status"]
+        for node in rig.nodes:
+            entry = _entries(kubexdp, "e2e-mode-back")[node.name]
+            assert entry["mode"] == mode and "reason" not in entry
+            assert kernel_xdp(node.netns, "eth1") == (mode, entry["progId"])
+            seen.setdefault(node.name, set()).add(entry["progId"])
+    assert all(len(ids) == 1 for ids in seen.values()), seen     # the same program moved, not rebuilt
+
+
 @pytest.mark.parametrize("source, reason", [(COUNT_ALL, "OffloadUnsupported"), (PERCPU, "ProgramNotOffloadable")],
                          ids=["veth-cannot-offload", "percpu-map-not-offloadable"])
 def test_offload_preferred_falls_back_to_native_with_the_reason(rig, kubexdp, programs, source, reason):
