@@ -21,7 +21,6 @@ operator never plans against a partial view of the nodes.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import datetime
 import logging
 import time
@@ -47,9 +46,6 @@ RETRY_SECONDS = 2.0
 # progress (1/3 -> 2/3 -> ... ready); a new generation, Ready turning True and Stalled
 # are written at once. At 200 nodes this turns ~200 progress writes into a handful.
 STATUS_MIN_INTERVAL = 1.0
-# Attachment writes in flight at once for one reconcile (the API client's connection pool
-# holds 5 per CPU; the API server handles them concurrently).
-FAN_OUT = 8
 # How long a deleted program waits for a node's agent to confirm it detached (the agent
 # may be down). After that the operator releases the agent's finalizer and says so in a
 # Warning Event; the agent removes the program when it returns (orphan cleanup: pinned
@@ -90,7 +86,6 @@ class Reconciler:
         # watch) still shows an older one: comparing with that older one re-wrote the same
         # status and posted its transition Events twice.
         self._written: dict[str, tuple[str, dict]] = {}   # name -> (uid, status)
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.agent_nodes: kopf.Index | None = None   # node name -> XdpNode present (an agent runs there)
 
     def bind(self, programs, nodes, attachments, agent_nodes=None) -> None:
@@ -202,17 +197,16 @@ class Reconciler:
                 return self._write_status(program, new), program
         plan = placement.plan_attachments(wanted, attachments, owner_uid=uid)
         node_names = {n["metadata"]["name"] for n in nodes}
+        for body in plan.create:
+            self.api.create_attachment(body)
+        for att_name, patch in plan.update:
+            self.api.patch_attachment(att_name, patch)
         by_name = {a["metadata"]["name"]: a for a in attachments}
-
-        def delete(att_name: str) -> None:
+        for att_name in plan.delete:
             self.api.delete_attachment(att_name)
             att = by_name.get(att_name) or {}
             if (att.get("spec") or {}).get("nodeName") not in node_names:
                 self.api.release_attachment(att)
-
-        self._fan_out([*((self.api.create_attachment, body) for body in plan.create),
-                       *((lambda a: self.api.patch_attachment(*a), item) for item in plan.update),
-                       *((delete, att_name) for att_name in plan.delete)])
         if plan.blocked:
             # e.g. an attachment of the same name still being deleted: come back shortly
             self._retry_soon.add(name)
@@ -228,22 +222,6 @@ class Reconciler:
             self._finalized.discard(uid)
             self._written.pop(name, None)
         return events, program
-
-    def _fan_out(self, calls: list) -> None:
-        """Run the per-attachment writes `calls` ([(fn, arg)]) FAN_OUT at a time: one after
-        another they were the whole cost of a 200-node rollout (~35 ms each). Every call
-        runs; the first error is raised after all have finished (each write is idempotent,
-        the retry redoes what failed)."""
-        if len(calls) <= 1:
-            for fn, arg in calls:
-                fn(arg)
-            return
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(FAN_OUT, thread_name_prefix="fan-out")
-        futures = [self._pool.submit(fn, arg) for fn, arg in calls]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:
-            raise errors[0]
 
     def _agent_nodes(self) -> set[str] | None:
         """Nodes with a kube-xdp agent (an XdpNode); None when unknown (no index)."""
