@@ -2,7 +2,8 @@
 reconcile, finalizer and status logic, each with its own API client authenticated as the
 agent ServiceAccount) over kernel.FakeKernel, an in-memory kernel: no compile, no
 netlink, no bpffs. They measure the control plane alone (API server, operator, agent
-control loop); they say nothing about compile or attach time.
+control loop); they say nothing about compile or attach time. Each publishes its XdpNode
+(probed on the in-memory kernel), as a real agent does.
 
     python -m bench.hollow --kubeconfig agent.kubeconfig --state DIR hollow-1 hollow-2 ...
 
@@ -22,17 +23,6 @@ import threading
 HOLLOW_LABEL = "kubexdp.io/hollow"
 
 
-class NoInventory:
-    """Stands in for the agent's XdpNode publisher (its probe attaches real programs, so
-    hollow nodes publish no XdpNode). Needed because Agent.run, with no publisher
-    (AgentConfig.inventory False, or the CLI's --no-inventory), busy-waits between
-    resyncs: queue.get(timeout=0) in a loop, one core per agent (reported). With this
-    no-op the loop sleeps until the next resync, as in a real agent."""
-
-    inventory = None
-
-    def refresh(self) -> None:
-        return None
 INTERFACES = ("eth0", "eth1")
 
 
@@ -47,10 +37,10 @@ def make_agent(node: str, configuration, resync: float):
         kernel.add_interface(name, default_route=(i == 0))
     kernel.mount_bpffs("/sys/fs/bpf")        # in memory: FakeKernel touches no file
     client = kubernetes.client.ApiClient(configuration)     # its own client: own connection pool
-    agent = Agent(AgentConfig(node_name=node, bpffs="/sys/fs/bpf", netns=None, resync=resync), client, kernel)
-    if getattr(agent, "publisher", "absent") is None:
-        agent.publisher = NoInventory()
-    return agent
+    # inventory=True as the real agent's CLI: each hollow node publishes its XdpNode (probed
+    # on the in-memory kernel), so the operator sees an agent there as on a real node
+    return Agent(AgentConfig(node_name=node, bpffs="/sys/fs/bpf", netns=None, resync=resync, inventory=True),
+                 client, kernel)
 
 
 def main(argv: list[str] | None = None) -> int:
