@@ -75,8 +75,6 @@ class Reconciler:
         self._dirty: set[str] = set()
         self._running: set[str] = set()
         self._node_seen: dict[str, tuple] = {}
-        self._retry_soon: set[str] = set()
-        self._retry_pending: set[str] = set()
         self._recheck: dict[str, float] = {}         # program -> seconds (set by _reconcile)
         self._recheck_pending: dict[str, asyncio.TimerHandle] = {}
         self._status_written: dict[str, float] = {}  # program -> monotonic time of the last write
@@ -88,10 +86,9 @@ class Reconciler:
         self._written: dict[str, tuple[str, dict]] = {}   # name -> (uid, status)
         self.agent_nodes: kopf.Index | None = None   # node name -> XdpNode present (an agent runs there)
 
-    def bind(self, programs, nodes, attachments, agent_nodes=None) -> None:
+    def bind(self, programs, nodes, attachments, agent_nodes) -> None:
         self.programs, self.nodes, self.attachments = programs, nodes, attachments
-        if agent_nodes is not None:
-            self.agent_nodes = agent_nodes
+        self.agent_nodes = agent_nodes
 
     async def request(self, name: str) -> None:
         """Reconcile `name` soon; concurrent requests for one program coalesce."""
@@ -110,21 +107,20 @@ class Reconciler:
                     # after its own backoff (60 s), not RETRY_SECONDS.
                     log.warning("reconcile of %s failed, retrying in %.0fs: %s", name, RETRY_SECONDS,
                                 str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
-                    self._retry_later(name)
+                    self._recheck_in(name, RETRY_SECONDS)
                     return
                 for type_, reason, message in events:
                     kopf.event(body, type=type_, reason=reason, message=message)
-                if name in self._retry_soon:
-                    self._retry_soon.discard(name)
-                    self._retry_later(name)
                 if name in self._recheck:
                     self._recheck_in(name, self._recheck.pop(name))
         finally:
             self._running.discard(name)
 
     def _recheck_in(self, name: str, delay: float) -> None:
-        """Reconcile `name` again after `delay` s (a deferred status write, a deletion
-        timeout); one pending recheck per program, the earliest wins."""
+        """Reconcile `name` again after `delay` s (a failed reconcile, a blocked attachment,
+        a deferred status write, a deletion timeout); one pending recheck per program, the
+        earliest wins: every failed trigger (events, timers) used to start its own retry
+        chain, so an API outage multiplied the retries with its length."""
         loop = asyncio.get_running_loop()
         pending = self._recheck_pending.get(name)
         if pending is not None and not pending.cancelled() and pending.when() <= loop.time() + delay:
@@ -137,19 +133,6 @@ class Reconciler:
             asyncio.ensure_future(self.request(name))
 
         self._recheck_pending[name] = loop.call_later(max(delay, 0.01), fire)
-
-    def _retry_later(self, name: str) -> None:
-        """One pending retry per program: every failed trigger (events, timers) used to
-        start its own retry chain, so an API outage multiplied the retries with its length."""
-        if name in self._retry_pending:
-            return
-        self._retry_pending.add(name)
-
-        def fire() -> None:
-            self._retry_pending.discard(name)
-            asyncio.ensure_future(self.request(name))
-
-        asyncio.get_running_loop().call_later(RETRY_SECONDS, fire)
 
     def node_changed(self, name: str, labels: Mapping, deleting: bool, event_type: str | None) -> bool:
         """True if a node event can change placement (labels, deletion, appearance)."""
@@ -209,7 +192,7 @@ class Reconciler:
                 self.api.release_attachment(att)
         if plan.blocked:
             # e.g. an attachment of the same name still being deleted: come back shortly
-            self._retry_soon.add(name)
+            self._want_recheck(name, RETRY_SECONDS)
         events, released = self._release_stuck(program, attachments)
         left = [a for a in attachments if placement.is_owned_by(a, uid) and a["metadata"]["name"] not in released]
         new = status_mod.aggregate(program, left if deleting else attachments, selected, conditions.now())
@@ -227,7 +210,7 @@ class Reconciler:
         """Nodes with a kube-xdp agent (an XdpNode); None when unknown (no index)."""
         if self.agent_nodes is None:
             return None
-        return {key for key in list(self.agent_nodes)}
+        return set(self.agent_nodes)
 
     def _release_stuck(self, program: Mapping, attachments: list) -> tuple[list, set[str]]:
         """Attachments of this program deleted more than AGENT_CLEANUP_TIMEOUT ago and still
@@ -357,9 +340,6 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf must never hold or remove our finalizer: it manages only its own, which with no
     # change handlers, timers or daemons it never adds (and removes if it finds it).
     settings.persistence.finalizer = KOPF_FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=names.GROUP, key="last-handled-configuration")
     # Silent hung watches are a known kopf failure: make the server and the client end them.
     settings.watching.server_timeout = 240
     settings.watching.client_timeout = 270
