@@ -330,11 +330,20 @@ class Agent:
             # An offloaded interface runs the program built for its device (pinned under its
             # own digest): report that pin and tag, whose maps are the ones the program uses,
             # not the host program's (tests/offload/guest_controller.py).
+            # Its pin can be missing right now (removed behind our back while this reconcile
+            # ran): then keep what the last status said for the same program, never the host
+            # program's pin, or the next pin repair would re-pin the device program under the
+            # host digest and replace it (seen once in the offload lab).
             own = {p.prog_id: p for p in self.pins.open_pinned(program)}
             for entry in status["interfaces"]:
-                p = own.get(entry.get("progId")) if entry.get("ready") and entry.get("mode") == "offload" else None
+                if not (entry.get("ready") and entry.get("mode") == "offload"):
+                    continue
+                p = own.get(entry.get("progId"))
+                was = reported.get(entry["name"]) or {}
                 if p is not None:
                     entry.update(pinPath=p.prog_path, tag=p.tag)
+                elif was.get("progId") == entry.get("progId") and was.get("pinPath"):
+                    entry.update(pinPath=was["pinPath"], tag=was.get("tag"))
         return status
 
     def _ranks(self, att: dict, d: Desired) -> tuple[Rank, dict[str, Rank]]:
