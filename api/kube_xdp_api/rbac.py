@@ -26,8 +26,9 @@ OPERATOR_RULES = [
     (G, ["xdpattachments"], ["get", "list", "watch", "create", "patch", "delete"],
      "place one attachment per selected node; release the agent finalizer of nodes that are gone"),
     ("", ["nodes"], ["get", "list", "watch"], "select nodes by label"),
-    (G, ["xdpnodes"], ["get", "list", "watch"],
-     "know which nodes run an agent (preset its finalizer on their attachments)"),
+    (G, ["xdpnodes"], ["get", "list", "watch", "delete"],
+     "know which nodes run an agent (preset its finalizer on their attachments); "
+     "delete the XdpNode of a Node that is gone"),
     ("", ["configmaps"], ["get"], "read sources given by configMapRef (digest)"),
     ("", ["events"], ["create", "patch"], "Events on program condition transitions"),
     ("events.k8s.io", ["events"], ["create", "patch"], "the same, through the newer Events API"),

@@ -84,7 +84,8 @@ class Reconciler:
         # watch) still shows an older one: comparing with that older one re-wrote the same
         # status and posted its transition Events twice.
         self._written: dict[str, tuple[str, dict]] = {}   # name -> (uid, status)
-        self.agent_nodes: kopf.Index | None = None   # node name -> XdpNode present (an agent runs there)
+        self.agent_nodes: kopf.Index | None = None   # node name -> its XdpNode's uid (an agent runs there)
+        self._inventory_suspects: dict[str, str] = {}  # XdpNodes the last sweep found without a Node
 
     def bind(self, programs, nodes, attachments, agent_nodes) -> None:
         self.programs, self.nodes, self.attachments = programs, nodes, attachments
@@ -211,6 +212,27 @@ class Reconciler:
         if self.agent_nodes is None:
             return None
         return set(self.agent_nodes)
+
+    # -- XdpNodes of Nodes that are gone ----------------------------------------------
+    def node_gone(self, name: str) -> None:
+        """A Node was deleted: its XdpNode goes too (no agent will ever update it again, and
+        a Node re-created under the same name must not inherit it)."""
+        uid = _first(self.agent_nodes, name)
+        if uid:
+            self.api.delete_xdpnode(name, uid)
+            log.info("deleted XdpNode %s: its Node is gone", name)
+
+    def sweep_inventories(self) -> None:
+        """At each resync: XdpNodes whose Node vanished while the operator was not watching
+        (deleted after two sweeps, see placement.stale_inventories)."""
+        if self.agent_nodes is None or self.nodes is None:
+            return
+        inventories = {name: _first(self.agent_nodes, name) for name in list(self.agent_nodes)}
+        doomed, self._inventory_suspects = placement.stale_inventories(
+            inventories, set(self.nodes), self._inventory_suspects)
+        for name, uid in doomed:
+            self.api.delete_xdpnode(name, uid)
+            log.info("deleted XdpNode %s: no Node of that name in two resyncs", name)
 
     def _release_stuck(self, program: Mapping, attachments: list) -> tuple[list, set[str]]:
         """Attachments of this program deleted more than AGENT_CLEANUP_TIMEOUT ago and still
@@ -372,6 +394,10 @@ async def _resync_forever() -> None:
                 await rec.request(name)
             except Exception:        # a resync must never end the loop
                 log.exception("resync of %s failed", name)
+        try:
+            await asyncio.to_thread(rec.sweep_inventories)
+        except Exception:
+            log.exception("sweep of XdpNodes without a Node failed")
 
 
 @kopf.index("v1", "nodes")
@@ -391,12 +417,13 @@ def program_index(name: str, body: Mapping, **_: Any) -> dict:
 
 
 @kopf.index(names.GROUP, names.VERSION, names.NODES)
-def agent_node_index(name: str, **_: Any) -> dict:
-    """Nodes whose agent registered (published its XdpNode): new attachments for them are
-    created with the agent's finalizer already on, which saves each agent one write per
-    rollout. Nodes without one get none: the agent adds it if it ever appears, and a
-    program on a node with no agent never waits for one to delete."""
-    return {name: True}
+def agent_node_index(name: str, uid: str, **_: Any) -> dict:
+    """Nodes whose agent registered (published its XdpNode) -> the XdpNode's uid. New
+    attachments for them are created with the agent's finalizer already on, which saves
+    each agent one write per rollout. Nodes without one get none: the agent adds it if it
+    ever appears, and a program on a node with no agent never waits for one to delete.
+    The uid guards the deletion of XdpNodes whose Node is gone."""
+    return {name: uid}
 
 
 def _bound(kw: Mapping[str, Any]) -> Reconciler:
@@ -417,6 +444,11 @@ async def program_event(name: str, type: str, **kw: Any) -> None:
 @kopf.on.event("v1", "nodes")
 async def node_event(name: str, type: str, labels: Mapping, meta: Mapping, **kw: Any) -> None:
     rec = _bound(kw)
+    if type == "DELETED":
+        try:
+            await asyncio.to_thread(rec.node_gone, name)
+        except (ApiException, OSError, urllib3.exceptions.HTTPError) as e:   # the resync sweep retries
+            log.warning("could not delete the XdpNode of deleted Node %s: %s", name, e)
     if rec.node_changed(name, labels, bool(meta.get("deletionTimestamp")), type):
         await asyncio.gather(*(rec.request(p) for p in list(kw["program_index"])))
 

@@ -48,10 +48,19 @@ class ClusterApi:
                 raise
 
     def delete_attachment(self, name: str) -> None:
+        self._delete(names.ATTACHMENTS, name)
+
+    def delete_xdpnode(self, name: str, uid: str) -> None:
+        """Delete the XdpNode of a Node that is gone, only if it is still the object with
+        `uid` (a precondition: an agent may have published a new one meanwhile)."""
+        self._delete(names.NODES, name, body=kubernetes.client.V1DeleteOptions(
+            preconditions=kubernetes.client.V1Preconditions(uid=uid)))
+
+    def _delete(self, plural: str, name: str, **kwargs: Any) -> None:
         try:
-            self.custom.delete_cluster_custom_object(names.GROUP, names.VERSION, names.ATTACHMENTS, name)
+            self.custom.delete_cluster_custom_object(names.GROUP, names.VERSION, plural, name, **kwargs)
         except ApiException as e:
-            if e.status != 404:
+            if e.status not in (404, 409):    # gone already; 409: a precondition no longer holds
                 raise
 
     def release_attachment(self, attachment: Mapping[str, Any]) -> None:

@@ -207,3 +207,18 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
             else:
                 patch[key] = value
     return patch
+
+
+def stale_inventories(inventories: Mapping[str, str], node_names: Collection[str],
+                      suspects: Mapping[str, str]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """XdpNodes whose Node is gone, to delete: (doomed, suspects for the next sweep).
+
+    `inventories`: XdpNode name -> uid; `node_names`: the Nodes that exist now; `suspects`:
+    what the previous sweep found without a Node. An XdpNode is doomed only when the
+    previous sweep already saw the same object (same uid) without its Node: one sweep alone
+    could race an agent that published its XdpNode an instant before the operator's Node
+    watch showed the Node. The returned (name, uid) pairs are meant for a delete with a uid
+    precondition, so an XdpNode re-created meanwhile is never the one deleted."""
+    now = {name: uid for name, uid in inventories.items() if name not in node_names and uid}
+    doomed = sorted((name, uid) for name, uid in now.items() if suspects.get(name) == uid)
+    return doomed, {name: uid for name, uid in now.items() if (name, uid) not in doomed}

@@ -87,8 +87,8 @@ OPERATOR = [
     ("update", G, "xdpattachments", "", False, DENY),
     ("deletecollection", G, "xdpattachments", "", False, DENY),
     # XdpNodes are the agents': the operator only reads which nodes have one
-    *[(v, G, "xdpnodes", "", False, ALLOW) for v in ("get", "list", "watch")],
-    *[(v, G, "xdpnodes", "", False, DENY) for v in ("create", "patch", "update", "delete")],
+    *[(v, G, "xdpnodes", "", False, ALLOW) for v in ("get", "list", "watch", "delete")],
+    *[(v, G, "xdpnodes", "", False, DENY) for v in ("create", "patch", "update")],
     ("patch", G, "xdpnodes", "status", False, DENY),
     # reads node labels, never changes nodes
     *[(v, "", "nodes", "", False, DENY) for v in ("patch", "update", "delete", "create")],

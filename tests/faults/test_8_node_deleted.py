@@ -4,8 +4,8 @@ Holds: the node's attachment goes (the operator deletes it and releases the agen
 finalizer: there is no agent of a deleted node to wait for), nothing stays with a
 deletionTimestamp; the program becomes Ready on the nodes that remain; the node's agent,
 still running here, removes the program from the node (orphan cleanup); the other nodes'
-datapath is untouched (zero mishandled on node-1). The Node is then created again and the
-program comes back on it.
+datapath is untouched (zero mishandled on node-1); the operator deletes the node's XdpNode.
+The Node is then created again and the program comes back on it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from kubernetes.client.rest import ApiException
+
+from kube_xdp_api import names
 
 from kube_xdp_rig import kube, workloads
 from tests.e2e.kubexdp import kernel_xdp, pins_of
@@ -20,6 +23,16 @@ from tests.e2e.kubexdp import kernel_xdp, pins_of
 from .faultlib import TABLE, Counter, Flow, fault_program, mishandled, wait_until
 
 pytestmark = pytest.mark.rig
+
+
+def _xdpnode_exists(fx, name: str) -> bool:
+    try:
+        fx.custom.get_cluster_custom_object(names.GROUP, names.VERSION, names.NODES, name)
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return True
 
 
 def test_node_deleted_its_attachments_go_and_nothing_waits_forever(fx, frig, programs):
@@ -32,12 +45,16 @@ def test_node_deleted_its_attachments_go_and_nothing_waits_forever(fx, frig, pro
         with Flow(n1, 9113, iface=1, max_seconds=90) as flow:
             time.sleep(0.5)
             fx.core.delete_node("node-3")
+            deleted_at = time.monotonic()
             _, gone = wait_until(lambda: "node-3" not in fx.attachments("kxf-node"), 60,
                                  "node-3's attachment gone", interval=0.1)
             _, ready = wait_until(lambda: fx.is_current("kxf-node") and
                                   fx.get("kxf-node")["status"]["nodeSummary"] == "2/2", 60, "Ready on 2/2")
             _, cleaned = wait_until(lambda: kernel_xdp(n3.netns, "eth1") == (None, None)
                                     and not pins_of(n3.bpffs, "kxf-node"), 60, "node-3's kernel cleaned")
+            wait_until(lambda: not _xdpnode_exists(fx, "node-3"), 30, "node-3's XdpNode deleted by the operator",
+                       interval=0.1)
+            inventory_gone = time.monotonic() - deleted_at      # an upper bound: checked after the rest
             stuck = [a["metadata"]["name"] for a in fx.custom.list_cluster_custom_object(
                 "kubexdp.io", "v1alpha1", "xdpattachments")["items"] if a["metadata"].get("deletionTimestamp")]
             time.sleep(1.0)
@@ -48,7 +65,7 @@ def test_node_deleted_its_attachments_go_and_nothing_waits_forever(fx, frig, pro
         bad = mishandled(result, counter.delta())
         TABLE.add("8 Node object deleted", result.sent, bad,
                   f"attachment gone {gone:.1f} s, Ready 2/2 {gone + ready:.1f} s, node's kernel clean "
-                  f"{gone + ready + cleaned:.1f} s; Node re-created: Ready 3/3 in {back:.1f} s",
+                  f"{gone + ready + cleaned:.1f} s, XdpNode gone by {inventory_gone:.1f} s; Node re-created: Ready 3/3 in {back:.1f} s",
                   "flow through the program on node-1")
         assert bad == 0
         assert stuck == []

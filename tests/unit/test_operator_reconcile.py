@@ -57,6 +57,9 @@ class RecordingApi:
         self.status = {**self.status, **copy.deepcopy(dict(status))}
         return copy.deepcopy(self.status)
 
+    def delete_xdpnode(self, name, uid):
+        self.calls.append(("delete_xdpnode", name, uid))
+
     def kinds(self) -> list[str]:
         return [c[0] for c in self.calls]
 
@@ -117,7 +120,7 @@ def test_finalizer_is_added_once_even_while_the_index_lags(rec):
 
 
 def test_agent_finalizer_is_preset_only_where_an_agent_registered(rec):
-    rec.bind(rec.programs, rec.nodes, rec.attachments, {"n1": [True]})
+    rec.bind(rec.programs, rec.nodes, rec.attachments, {"n1": ["uid-n1"]})
     set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR]))
     rec._reconcile("p")
     creates = {c[1]: c[2] for c in rec.api.calls if c[0] == "create"}
@@ -207,3 +210,30 @@ def test_a_program_held_by_another_finalizer_says_deleting(rec):
     assert rec.api.calls[-1] == ("finalizer", "p", False)
     ready = next(c for c in rec.api.status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "Deleting")
+
+
+def test_deleted_node_takes_its_xdpnode_with_it_guarded_by_uid(rec):
+    rec.bind(rec.programs, {"n1": [node("n1")]}, rec.attachments, {"n1": ["uid-n1"], "n2": ["uid-n2"]})
+    rec.node_gone("n2")
+    rec.node_gone("n3")                     # never had an XdpNode: nothing to delete
+    assert rec.api.calls == [("delete_xdpnode", "n2", "uid-n2")]
+
+
+def test_sweep_deletes_an_xdpnode_without_node_only_at_its_second_sighting(rec):
+    rec.bind(rec.programs, {"n1": [node("n1")]}, rec.attachments, {"n1": ["uid-n1"], "gone": ["uid-a"]})
+    rec.sweep_inventories()
+    assert rec.api.calls == []              # one sighting could race the Node watch
+    rec.sweep_inventories()
+    assert rec.api.calls == [("delete_xdpnode", "gone", "uid-a")]
+
+
+def test_sweep_spares_an_xdpnode_whose_node_appeared_or_that_was_re_created(rec):
+    rec.bind(rec.programs, {"n1": [node("n1")]}, rec.attachments,
+             {"n1": ["uid-n1"], "late": ["uid-l"], "again": ["uid-1"]})
+    rec.sweep_inventories()
+    rec.nodes = {"n1": [node("n1")], "late": [node("late")]}      # the Node watch caught up
+    rec.agent_nodes = {"n1": ["uid-n1"], "late": ["uid-l"], "again": ["uid-2"]}   # a new object
+    rec.sweep_inventories()
+    assert rec.api.calls == []
+    rec.sweep_inventories()
+    assert rec.api.calls == [("delete_xdpnode", "again", "uid-2")]

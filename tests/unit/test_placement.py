@@ -14,6 +14,7 @@ from kube_xdp_operator.placement import (
     merge_patch,
     plan_attachments,
     selected_nodes,
+    stale_inventories,
     wanted_attachments,
 )
 
@@ -251,3 +252,14 @@ def test_owner_uid_is_required():
 )
 def test_merge_patch(old, new, patch):
     assert merge_patch(old, new) == patch
+
+
+def test_stale_inventories_need_two_sightings_of_the_same_object():
+    inventories = {"n1": "u1", "gone": "u2", "blank": ""}
+    doomed, suspects = stale_inventories(inventories, {"n1"}, {})
+    assert doomed == [] and suspects == {"gone": "u2"}            # no uid: never deleted
+    doomed, suspects = stale_inventories(inventories, {"n1"}, suspects)
+    assert doomed == [("gone", "u2")] and suspects == {}
+    doomed, suspects = stale_inventories({"gone": "u3"}, set(), {"gone": "u2"})
+    assert doomed == [] and suspects == {"gone": "u3"}            # re-created: starts over
+    assert stale_inventories({"n1": "u1"}, {"n1"}, {"n1": "u1"}) == ([], {})
