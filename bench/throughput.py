@@ -93,7 +93,7 @@ def measure(bench, mode: str, seconds: float) -> dict:
     pin = _set_mode(bench, mode)
     cfg = traffic.trafgen_config(src_mac=eth0["src_mac"], dst_mac=eth0["node_mac"], src_ip=eth0["src_ip"],
                                  dst_ip=eth0["node_ip"], dport=DROP_PORT)
-    with traffic.Trafgen(node.src_netns, "eth0", cfg, seconds=seconds + 2.0) as gen:
+    with traffic.Trafgen(node.src_netns, "eth0", cfg, seconds=seconds + 2.0, tx_ring=True) as gen:
         time.sleep(1.0)
         a = _snapshot(node, pin)
         time.sleep(seconds)

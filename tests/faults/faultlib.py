@@ -58,7 +58,7 @@ int xdp_fault(struct xdp_md *ctx) {
 """
 
 RATE = 50_000          # packets per second (trafgen sends a limited rate in bursts ~20 ms apart)
-MAX_RATE = 3_000_000   # an "unlimited" flow: more than trafgen reaches here (see Flow); bounds its count
+MAX_RATE = 3_000_000   # more than trafgen reaches here: bounds an unlimited flow's count
 
 
 def fault_program(name: str, port: int, *, version: int = 1, interfaces=None, selector=None, **spec) -> dict:
@@ -124,14 +124,10 @@ class Flow:
     prints its totals), and never more than `rate * max_seconds` frames (the bound)."""
 
     def __init__(self, node, port: int, *, iface: int | dict = 0, rate: int | None = RATE, max_seconds: float = 30.0):
-        """`rate` None: as fast as trafgen goes (one core; smooth, unlike a limited rate,
-        which trafgen sends in bursts about 20 ms apart). It is asked for MAX_RATE, more
-        than it reaches here, so its shaper never waits: any rate makes trafgen send with
-        a blocking sendto() per frame (~0.44 Mpps here) instead of its mmap TX ring
-        (~0.58 Mpps), whose MSG_DONTWAIT flush exits on EAGAIN whenever the socket's
-        208 KiB send buffer is full of frames the receiving CPU has not consumed yet (a
-        loaded machine; once in a full CI run). `iface`: an index into the node's
-        interfaces, or a link dict of the same shape."""
+        """`rate` None: as fast as trafgen goes (one core, its blocking send path: see
+        traffic.UNSHAPED_RATE; smooth, unlike a limited rate, which trafgen sends in
+        bursts about 20 ms apart). `iface`: an index into the node's interfaces, or a
+        link dict of the same shape."""
         self.node = node
         self.link = iface if isinstance(iface, dict) else node.interfaces[iface]
         # trafgen runs a limited rate faster than asked when it falls behind (a busy
@@ -141,7 +137,7 @@ class Flow:
         self.config = traffic.trafgen_config(src_mac=self.link["src_mac"], dst_mac=self.link["node_mac"],
                                              src_ip=self.link["src_ip"], dst_ip=self.link["node_ip"], dport=port)
         self.trafgen = traffic.Trafgen(node.src_netns, self.link["name"], self.config, count=self.count,
-                                       seconds=max(max_seconds, 1.0), rate=rate or MAX_RATE)
+                                       seconds=max(max_seconds, 1.0), rate=rate)
         self.result: FlowResult | None = None
         self.output = ""
 
