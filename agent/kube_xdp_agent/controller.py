@@ -17,7 +17,6 @@ are cached by digest; status is patched only when it changed).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import queue
 import random
@@ -32,7 +31,7 @@ import urllib3
 from kubernetes.client.rest import ApiException
 
 from kube_xdp_api import conditions as cond
-from kube_xdp_api import names, reasons
+from kube_xdp_api import events, names, reasons
 from kube_xdp_api.fetch import read_source
 from kube_xdp_api.spec import SpecError, source_digest, validate_program_name
 
@@ -492,20 +491,8 @@ class Agent:
 
     def _event(self, att: dict, type_: str, reason: str, message: str) -> None:
         """A core/v1 Event about the attachment (low volume: transitions and repairs)."""
-        meta = att["metadata"]
-        now = datetime.datetime.now(datetime.timezone.utc)
-        body = {
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": "default"},
-            "involvedObject": {"apiVersion": names.API_VERSION, "kind": names.ATTACHMENT_KIND,
-                               "name": meta["name"], "uid": meta.get("uid")},
-            "type": type_, "reason": reason, "message": message[:1024],
-            "source": {"component": "kube-xdp-agent", "host": self.config.node_name},
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }
-        try:
-            self.core.create_namespaced_event("default", body)
-        except Exception as e:    # an Event is never worth failing a reconcile for
-            log.warning("could not post Event %s for %s: %s", reason, meta["name"], e)
+        events.post(self.core, {**att, "apiVersion": names.API_VERSION, "kind": names.ATTACHMENT_KIND},
+                    type_, reason, message, component="kube-xdp-agent", host=self.config.node_name)
 
     # -- orphans ---------------------------------------------------------------------
     def _collect_orphans(self) -> None:

@@ -10,7 +10,8 @@ coalesces bursts and runs one reconcile per program at a time:
 The reconcile itself holds the operator finalizer on every XdpProgram: it adds it with
 the program's first reconcile, and when the program is deleted it deletes the
 attachments and removes the finalizer once every agent has released its own (or after
-AGENT_CLEANUP_TIMEOUT). kopf is used for watching, indexes and Events only: no kopf
+AGENT_CLEANUP_TIMEOUT). kopf is used for watching and indexes only (Events are posted through
+kube_xdp_api.events, so that `kubectl describe` finds them): no kopf
 change handlers, timers or daemons, so kopf writes nothing on the objects (no finalizer,
 no last-handled-configuration copy of the spec, no progress annotations), which keeps
 the API writes per rollout down (see bench/). The periodic resync is an asyncio task.
@@ -111,7 +112,7 @@ class Reconciler:
                     self._recheck_in(name, RETRY_SECONDS)
                     return
                 for type_, reason, message in events:
-                    kopf.event(body, type=type_, reason=reason, message=message)
+                    await asyncio.to_thread(self.api.post_event, body, type_, reason, message)
                 if name in self._recheck:
                     self._recheck_in(name, self._recheck.pop(name))
         finally:

@@ -12,7 +12,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from kube_xdp_api import names
+from kube_xdp_api import events, names
 from kube_xdp_api.fetch import read_source
 
 
@@ -113,3 +113,8 @@ class ClusterApi:
                 raise
             return None
         return (body or {}).get("status") if isinstance(body, Mapping) else None
+
+    def post_event(self, program: Mapping[str, Any], type_: str, reason: str, message: str) -> bool:
+        """An Event about an XdpProgram that `kubectl describe xdpp` shows (kube_xdp_api.events)."""
+        return events.post(self.core, {**program, "apiVersion": names.API_VERSION, "kind": names.PROGRAM_KIND},
+                           type_, reason, message, component="kube-xdp-operator")

@@ -4,6 +4,7 @@ against the real kernel, proven with real packets."""
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -54,6 +55,24 @@ def test_apply_makes_every_node_ready_with_the_mode_the_kernel_reports(rig, kube
         dropped_arrived, passed_arrived = _drop_port_holds(node, node.interfaces[0], 7001, 7002)
         assert (dropped_arrived, passed_arrived) == (0, 40)
         assert _stat(st, "stats", 0) - before == 40                   # the program counted its drops
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl on PATH (make deps installs one)")
+def test_describe_shows_the_events_of_the_program(rig, kubexdp, programs):
+    """Events about cluster-scoped objects are found by `kubectl describe` only when their
+    involvedObject has no namespace (kopf's own kopf.event() put "default" there)."""
+    programs(program("e2e-events", COUNT_ALL, "xdp_count", interfaces={"names": ["eth1"]},
+                     selector={"matchLabels": {"kubernetes.io/hostname": "node-1"}}))
+    kubexdp.wait_ready("e2e-events")
+
+    def described() -> str | None:
+        out = subprocess.run(["kubectl", "--kubeconfig", rig.kubeconfig, "describe", "xdpp", "e2e-events"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        events = out.split("\nEvents:", 1)[1]
+        return events if "1/1 nodes ready" in events else None
+
+    events = wait(described, 15, "the Ready Event in kubectl describe")
+    assert "Normal" in events and "Ready" in events and "kube-xdp-operator" in events
 
 
 def test_spec_change_replaces_the_program_on_every_node(rig, kubexdp, programs):
