@@ -3,6 +3,8 @@ its own (prefix 'kxe', free ports below the ephemeral range) so tests never touc
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from kube_xdp_rig.cluster import admin_client as api_client   # tests import it from here
@@ -12,7 +14,8 @@ from kube_xdp_rig.rig import RigInfo
 
 from .kubexdp import Cluster
 
-TEST_INSTANCE = "kxe"
+# KUBE_XDP_E2E_INSTANCE: another instance name, to run two e2e sessions side by side
+TEST_INSTANCE = os.environ.get("KUBE_XDP_E2E_INSTANCE", "kxe")
 
 
 TEST_CONFIG = dict(instance=TEST_INSTANCE, nodes=3, interfaces=("eth0", "eth1"), **rig_ports(),

@@ -23,7 +23,7 @@ from tests.e2e.kubexdp import Cluster
 
 from .faultlib import TABLE
 
-FAULT_INSTANCE = "kxf"
+FAULT_INSTANCE = os.environ.get("KUBE_XDP_FAULT_INSTANCE", "kxf")   # another name: two sessions side by side
 
 
 FAULT_CONFIG = dict(instance=FAULT_INSTANCE, nodes=3, interfaces=("eth0", "eth1"), **rig_ports())
