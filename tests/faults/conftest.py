@@ -1,5 +1,6 @@
 """The fault suite's rig: an instance of its own ('kxf', free ports), 3 nodes with eth0 and
-eth1, kube-xdp installed (CRDs, RBAC, operator, one agent per node, resync 1 s), so fault
+eth1, kube-xdp installed (CRDs, RBAC, operator, one agent per node, with the agent's shipped
+resync interval: the repair bounds are proven as users get them), so fault
 scenarios (killing agents, the operator, the API server) never touch another rig.
 
 At the end of the session the scenario table (faultlib.TABLE) is printed, and written to
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kube_xdp_rig.cluster import rig_ports, rig_up
 from kube_xdp_rig.config import RigConfig
@@ -25,6 +27,11 @@ from .faultlib import TABLE
 
 FAULT_INSTANCE = os.environ.get("KUBE_XDP_FAULT_INSTANCE", "kxf")   # another name: two sessions side by side
 
+
+# The agent's drift-check interval as shipped (the chart's agent.resync, the agent's --resync
+# default): checked against the chart's values.yaml when the suite starts.
+SHIPPED_RESYNC = 3.0
+VALUES = Path(__file__).resolve().parents[2] / "charts" / "kube-xdp" / "values.yaml"
 
 FAULT_CONFIG = dict(instance=FAULT_INSTANCE, nodes=3, interfaces=("eth0", "eth1"), **rig_ports())
 
@@ -67,7 +74,9 @@ def frig() -> RigInfo:
 
 @pytest.fixture(scope="session")
 def fx(frig) -> FaultCluster:
-    with FaultCluster(frig).deploy(resync=1.0) as cluster:
+    shipped = yaml.safe_load(VALUES.read_text())["agent"]["resync"]
+    assert shipped == SHIPPED_RESYNC, f"the chart ships agent.resync {shipped}; the fault suite assumes {SHIPPED_RESYNC}"
+    with FaultCluster(frig).deploy(resync=SHIPPED_RESYNC) as cluster:
         yield cluster
 
 
@@ -77,6 +86,23 @@ def programs(fx):
     removal from every node awaited."""
     with fx.tracked_programs(gone_timeout=90) as create:
         yield create
+
+
+@pytest.fixture(autouse=True)
+def _table_row_owner(request):
+    """Rows TABLE.add()s during a test belong to it (their outcome follows the test's)."""
+    TABLE.current = request.node.nodeid
+    yield
+    TABLE.current = ""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" or (report.when in ("setup", "teardown") and report.failed):
+        TABLE.finish(item.nodeid, passed=report.passed and not any(
+            r.test == item.nodeid and r.outcome == "FAILED" for r in TABLE.rows))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -28,7 +28,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import kubernetes
+
 from kube_xdp_agent.kernel.bpfsys import BpfMap, prog_fd_by_id, prog_info
+from kube_xdp_api import names
 from kube_xdp_rig import traffic
 
 FAULT_PROG = """
@@ -186,33 +189,63 @@ def mishandled(result: FlowResult, counted: int) -> int:
 
 # --- status watches -------------------------------------------------------------------------------
 class ReadyWatch:
-    """Polls an XdpProgram's status every `interval` s in a thread; records every moment it
-    was not Ready=True for its current generation."""
+    """Watches one kube-xdp object (an XdpProgram, or an XdpAttachment) with an API watch
+    in a thread, so every version of it the API server stores is seen (not samples of a
+    poll), and records each version that is not Ready=True for its current generation.
+    A dropped watch resumes from the last resourceVersion seen (a 410 re-reads the object
+    first); connection errors are counted in `errors` (the outage scenario expects some)."""
 
-    def __init__(self, cluster, name: str, interval: float = 0.2):
-        self.cluster, self.name, self.interval = cluster, name, interval
-        self.not_ready: list[tuple[float, str]] = []
-        self.polls = 0
+    def __init__(self, cluster, name: str, plural: str = names.PROGRAMS):
+        self.cluster, self.name, self.plural = cluster, name, plural
+        self.not_ready: list[tuple[float, str, str]] = []     # (seconds, resourceVersion, why)
+        self.versions: set[str] = set()
         self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._t0 = time.monotonic()
+
+    def _check(self, obj: dict) -> None:
+        meta, st = obj["metadata"], obj.get("status") or {}
+        if meta["resourceVersion"] in self.versions:
+            return
+        self.versions.add(meta["resourceVersion"])
+        ready = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
+        if ready.get("status") != "True" or st.get("observedGeneration") != meta["generation"]:
+            self.not_ready.append((round(time.monotonic() - self._t0, 2), meta["resourceVersion"],
+                                   f"{ready.get('reason')}: {ready.get('message')} (observedGeneration "
+                                   f"{st.get('observedGeneration')}, generation {meta['generation']})"))
+
+    def _read(self) -> str:
+        obj = self.cluster.custom.get_cluster_custom_object(names.GROUP, names.VERSION, self.plural, self.name)
+        self._check(obj)
+        return obj["metadata"]["resourceVersion"]
 
     def _run(self) -> None:
-        t0 = time.monotonic()
+        rv = None
         while not self._stop.is_set():
             try:
-                obj = self.cluster.get(self.name) or {}
-                st = obj.get("status") or {}
-                ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), {})
-                self.polls += 1
-                if ready.get("status") != "True" or st.get("observedGeneration") != obj["metadata"]["generation"]:
-                    self.not_ready.append((round(time.monotonic() - t0, 2), f"{ready.get('reason')}: {ready.get('message')}"))
+                if rv is None:
+                    rv = self._read()
+                stream = kubernetes.watch.Watch().stream(
+                    self.cluster.custom.list_cluster_custom_object, names.GROUP, names.VERSION, self.plural,
+                    field_selector=f"metadata.name={self.name}", resource_version=rv, timeout_seconds=1)
+                for event in stream:
+                    if event["type"] == "ERROR":          # e.g. 410 Gone: too old, read it again
+                        rv = None
+                        break
+                    self._check(event["object"])
+                    rv = event["object"]["metadata"]["resourceVersion"]
+                    if self._stop.is_set():
+                        break
             except Exception:  # noqa: BLE001  the API may be away (outage scenario)
                 self.errors += 1
-            self._stop.wait(self.interval)
+                self._stop.wait(0.2)
 
     def __enter__(self) -> "ReadyWatch":
         self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.versions and time.monotonic() < deadline:     # the version it starts from
+            time.sleep(0.02)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -240,18 +273,31 @@ class Row:
     mishandled: int
     recover: str
     note: str = ""
+    test: str = ""
+    outcome: str = "running"       # the test's outcome: passed / FAILED (set by conftest's report hook)
 
 
 @dataclass
 class Table:
+    """Rows added by the scenarios as they measure; each row carries its test's outcome, so
+    a scenario that failed after measuring never reads as a clean row."""
     rows: list[Row] = field(default_factory=list)
+    current: str = ""              # the node id of the running test (conftest sets it)
 
     def add(self, scenario: str, sent: int, mishandled: int, recover: str, note: str = "") -> None:
-        self.rows = [r for r in self.rows if r.scenario != scenario] + [Row(scenario, sent, mishandled, recover, note)]
+        self.rows = [r for r in self.rows if r.scenario != scenario] + \
+                    [Row(scenario, sent, mishandled, recover, note, test=self.current)]
+
+    def finish(self, test: str, passed: bool) -> None:
+        for row in self.rows:
+            if row.test == test:
+                row.outcome = "passed" if passed else "FAILED"
 
     def render(self) -> str:
-        lines = ["| scenario | packets sent | mishandled | time to recover | notes |", "|---|---:|---:|---|---|"]
-        lines += [f"| {r.scenario} | {r.sent} | {r.mishandled} | {r.recover} | {r.note} |" for r in self.rows]
+        lines = ["| scenario | packets sent | mishandled | time to recover | notes | test |",
+                 "|---|---:|---:|---|---|---|"]
+        lines += [f"| {r.scenario} | {r.sent} | {r.mishandled} | {r.recover} | {r.note} | {r.outcome} |"
+                  for r in self.rows]
         return "\n".join(lines)
 
 

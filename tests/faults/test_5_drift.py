@@ -26,6 +26,7 @@ import pytest
 from kube_xdp_agent.kernel import CompileRequest, Compiler, Netlink, prog_fd_by_id
 from tests.e2e.kubexdp import kernel_xdp, pins_of
 
+from .conftest import SHIPPED_RESYNC
 from .faultlib import FAULT_PROG, TABLE, Counter, Flow, fault_program, ip_in_receives, mishandled, wait_until
 
 pytestmark = pytest.mark.rig
@@ -163,7 +164,7 @@ def test_foreign_program_is_never_clobbered_unless_the_spec_takes_over(fx, frig,
         entry = fx.iface_status("kxf-polite", "node-2", "eth1")
         assert (entry["ready"], entry["reason"]) == (False, "Conflict")
         assert f"program id {resident.prog_id}" in entry["message"] and "not managed by kube-xdp" in entry["message"]
-        time.sleep(3.5)                                        # several resyncs: still never touched
+        time.sleep(2 * SHIPPED_RESYNC + 0.5)                   # several resyncs: still never touched
         assert kernel_xdp(node.netns, "eth1") == ("native", resident.prog_id)
         theirs = Counter(resident.prog_id, fresh=True)
         with Flow(node, 9109, iface=1, rate=None, max_seconds=30) as flow:

@@ -17,6 +17,7 @@ import pytest
 from kube_xdp_rig import workloads
 from tests.e2e.kubexdp import kernel_xdp, pins_of
 
+from .conftest import SHIPPED_RESYNC
 from .faultlib import TABLE, Counter, Flow, fault_program, mishandled, wait_until
 
 pytestmark = pytest.mark.rig
@@ -57,7 +58,7 @@ def test_delete_while_an_agent_is_down_is_bounded_and_cleaned_on_return(fx, frig
             # the down node still has it: nobody could remove it
             assert kernel_xdp(n3.netns, "eth0") == attached3 and pins_of(n3.bpffs, "kxf-gone") == pinned3
             returned = time.monotonic()
-            workloads.start_agent(frig, "node-3", resync=1.0)
+            workloads.start_agent(frig, "node-3", resync=SHIPPED_RESYNC)
             _, cleaned = wait_until(lambda: kernel_xdp(n3.netns, "eth0") == (None, None)
                                     and not pins_of(n3.bpffs, "kxf-gone"), 60, "node-3 cleaned by its agent")
             result = flow.wait()
@@ -75,7 +76,7 @@ def test_delete_while_an_agent_is_down_is_bounded_and_cleaned_on_return(fx, frig
         assert time.monotonic() - deleted < 120
     finally:
         if not fx.pid(agent3):
-            workloads.start_agent(frig, "node-3", resync=1.0)
+            workloads.start_agent(frig, "node-3", resync=SHIPPED_RESYNC)
         _restart_operator(frig)
         fx.delete("kxf-gone")
         fx.wait_gone("kxf-gone", timeout=60)
