@@ -287,8 +287,7 @@ class Agent:
         rank, rivals = self._ranks(att, d)
         held = frozenset(i["name"] for i in (old or {}).get("interfaces") or [] if i.get("ready") and i.get("progId"))
         # in a fallback mode because the preferred ones were tried and refused (the status says why)
-        settled = frozenset(i["name"] for i in (old or {}).get("interfaces") or []
-                            if i.get("ready") and i.get("progId") and i.get("reason"))
+        settled = settled_interfaces(old, d.modes)
         offloaded = ({t: self.builder.key(dataclasses.replace(req, device=t))[:12] for t in targets}
                      if "offload" in d.modes else {})
         actions = plan_attach(program=program, want=digest, targets=targets, modes=d.modes, observed=observed,
@@ -307,19 +306,14 @@ class Agent:
         before = {i["name"]: i for i in (old or {}).get("interfaces") or []} \
             if (old or {}).get("observedGeneration") == generation else {}
         reported = {i["name"]: i for i in (old or {}).get("interfaces") or []}
-        for r in results:
-            # A program kept in a fallback mode keeps saying why the preferred mode was not used.
-            was = reported.get(r.interface) or {}
-            if r.ok and not r.changed and not r.reason and r.mode != d.modes[0] \
-                    and was.get("progId") == r.prog_id and was.get("reason"):
-                r.reason, r.message = was["reason"], was.get("message", "")
+        carry_fallback(results, reported, settled, d.modes)
         for r in results:
             if r.changed:
                 log.info("%s: %s -> program %s in %s mode", att["metadata"]["name"], r.interface, r.prog_id, r.mode)
                 was = before.get(r.interface) or {}
                 if r.replaced:
                     self._takeover_event(att, r, was, rank, rivals)
-                elif was.get("ready") and r.ok:
+                elif was.get("ready") and r.ok and not r.swapped:   # an update in place is no repair
                     self._event(att, "Warning", reasons.DRIFT_REPAIRED,
                                 f"{r.interface}: program {was.get('progId')} was detached or replaced behind kube-xdp's back; "
                                 f"re-attached program {r.prog_id} in {r.mode} mode")
@@ -513,6 +507,35 @@ class Agent:
                 plan_cleanup(program=program, observed=observe(self.netlink, self.pins)))
             log.warning("removed orphan program %s (no attachment on this node): detached from %s, unpinned %s",
                         program, ", ".join(outcome.detached) or "nothing", ", ".join(outcome.unpinned) or "nothing")
+
+
+def settled_interfaces(status: Mapping | None, modes: tuple[str, ...]) -> frozenset[str]:
+    """Interfaces whose fallback mode is the outcome of trying `modes` in order: the status
+    reports them ready with a fallback reason, and its message (the executor's "attached in
+    M mode; refused: P: ...") names the same running mode and, first, the same preferred
+    mode. A changed mode policy (another preferred mode) is not settled by an old outcome."""
+    out = set()
+    for i in (status or {}).get("interfaces") or []:
+        if i.get("ready") and i.get("progId") and i.get("reason") and i.get("mode") and modes \
+                and str(i.get("message") or "").startswith(f"attached in {i['mode']} mode; refused: {modes[0]}: "):
+            out.add(i["name"])
+    return frozenset(out)
+
+
+def carry_fallback(results: list[IfaceResult], reported: Mapping[str, Mapping], settled: frozenset[str],
+                   modes: tuple[str, ...]) -> None:
+    """A program still in the fallback mode it settled in keeps saying why the preferred
+    mode was not used: kept as it was (same program), or updated in place (an atomic
+    Replace of an older version, same mode: the same modes were tried on the same hook).
+    Without it the next resync would no longer count the interface as settled and would
+    detach and re-attach it to try the preferred mode again."""
+    for r in results:
+        was = reported.get(r.interface) or {}
+        if not (r.ok and not r.reason and modes and r.mode != modes[0] and r.interface in settled
+                and was.get("reason") and was.get("mode") == r.mode):
+            continue
+        if r.swapped or (not r.changed and was.get("progId") == r.prog_id):
+            r.reason, r.message = was["reason"], was.get("message", "")
 
 
 def _recorded(status: Mapping | None, program: str) -> dict[int, str]:

@@ -26,6 +26,8 @@ class IfaceResult:
     message: str = ""
     changed: bool = False               # the hook was written
     replaced: tuple | None = None       # (prog id, owner or None, why) of a program taken over
+    swapped: bool = False               # an older version of this program replaced in place (same
+                                        # mode, atomic): an update, not a new choice of mode
 
 
 @dataclasses.dataclass
@@ -132,7 +134,9 @@ class Executor:
         with self.pins.open_prog_fd(self.program, self.want) as new, \
                 self.pins.open_prog_fd(self.program, action.old_digest) as old:
             state = self.netlink.attach(action.interface, new.fd, action.mode, expected_prog_fd=old.fd)
-        return self._verified(action.interface, state, action.mode, changed=True)
+        res = self._verified(action.interface, state, action.mode, changed=True)
+        res.swapped = res.ok
+        return res
 
     def _takeover(self, action: Takeover) -> IfaceResult:
         """Atomic REPLACE of a program that is not ours: if the hook no longer holds

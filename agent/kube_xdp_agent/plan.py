@@ -12,8 +12,9 @@ Per target interface (the program's wanted digest is `want`):
   the modes in order (a mode change cannot be atomic);
 - our wanted program, in a mode no longer allowed-> Reattach (detach, attach: a gap);
 - an older digest of the same program            -> Replace, atomically (REPLACE with the
-  expected fd, same mode: no moment without a program); if that mode is no longer
-  allowed, Reattach;
+  expected fd, same mode: no moment without a program), a fallback mode included (the
+  fallback outcome still holds: the controller keeps the interface settled); if that mode
+  is no longer allowed, Reattach;
 - empty                                          -> Attach, trying the modes in order;
 - another XdpProgram's program -> Takeover (atomic REPLACE with that program as the
   expected one, same mode) when this program outranks it (`Rank`: higher

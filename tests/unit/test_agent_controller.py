@@ -1,0 +1,275 @@
+"""The agent's reconcile (kube_xdp_agent.controller.Agent) over FakeKernel and an in-memory
+API: sequences of reconciles (attach, spec update, resync, restart) and what each one
+leaves on the hooks, in the status and as Events.
+
+The API side is a small stand-in for the kube-apiserver: status patches are applied as
+JSON merge patches (null deletes) and counted; Events are recorded. The kernel side is
+the FakeKernel; where the real kernel refuses something the fake accepts (a program not
+bound to the device in offload mode) a wrapper says so, pinned down by the offload lab
+(tests/offload/guest_offload.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import errno
+
+import kubernetes
+import pytest
+
+from kube_xdp_agent.build import InProcessBuilder
+from kube_xdp_agent.controller import Agent, AgentConfig
+from kube_xdp_agent.kernel import FakeKernel
+from kube_xdp_agent.kernel.errors import AttachError
+from kube_xdp_api import names, reasons
+from kube_xdp_api.spec import source_digest
+
+NETNS, BPFFS, NODE = "node", "/sys/fs/bpf", "node-1"
+PROG = "drop-udp"
+ATT = f"{PROG}.{NODE}"
+SOURCE = "int xdp_pass(struct xdp_md *ctx) { return XDP_PASS + 0 * VERSION; }"
+
+
+def merge(target: dict, patch: dict) -> dict:
+    """RFC 7386 JSON merge patch, in place."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+    return target
+
+
+class FakeApi:
+    """CustomObjectsApi + CoreV1Api, as far as the agent's reconcile uses them."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict] = {}
+        self.status_writes: list[dict] = []
+        self.events: list[dict] = []
+
+    def patch_cluster_custom_object_status(self, group, version, plural, name, body):
+        self.status_writes.append(copy.deepcopy(body["status"]))
+        obj = self.objects[name]
+        merge(obj, body)
+        obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+        return copy.deepcopy(obj)
+
+    def patch_cluster_custom_object(self, group, version, plural, name, patch):
+        obj = self.objects[name]
+        merge(obj, patch)
+        obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+        return copy.deepcopy(obj)
+
+    def create_namespaced_event(self, namespace, body):
+        self.events.append(body)
+
+    def event_reasons(self) -> list[str]:
+        return [e["reason"] for e in self.events]
+
+
+class CountingBuilder(InProcessBuilder):
+    """The in-process builder, counting builds; a device-bound build (offload) on a device
+    that cannot offload fails as the real one does (load_for_offload: OffloadUnsupported),
+    and the prog ids built for a device are remembered."""
+
+    def __init__(self, kernel: FakeKernel, pins) -> None:
+        super().__init__(kernel.compiler, pins)
+        self.kernel = kernel
+        self.builds: list[tuple[str, str | None]] = []      # (program, device)
+        self.device_bound: dict[int, str] = {}               # prog id -> device
+
+    def build(self, req, program):
+        self.builds.append((program, req.device))
+        if req.device is not None:
+            iface = self.kernel.namespaces[NETNS][req.device]
+            if "offload" not in iface.modes:
+                raise AttachError(f"{req.device} cannot offload XDP: loading a program bound to it fails (EINVAL)",
+                                  reason=reasons.OFFLOAD_UNSUPPORTED, errno=errno.EINVAL,
+                                  interface=req.device, mode="offload")
+        result = super().build(req, program)
+        if req.device is not None:
+            pinned = {p.digest12: p for p in self.pins.open_pinned(program)}[result.key[:12]]
+            self.device_bound[pinned.prog_id] = req.device
+        return result
+
+
+class DeviceBoundNetlink:
+    """The fake's netlink, refusing in offload mode a program not bound to the device, as
+    the kernel does (the driver's XDP_SETUP_PROG_HW: EINVAL -> DriverModeUnsupported)."""
+
+    def __init__(self, inner, builder: CountingBuilder) -> None:
+        self.inner, self.builder = inner, builder
+
+    def attach(self, name, prog_fd, mode, *, expected_prog_fd=None):
+        if mode == "offload":
+            prog_id = self.inner._kernel.prog_id_of_fd(prog_fd)
+            if self.builder.device_bound.get(prog_id) != name:
+                raise AttachError("the driver refused XDP in offload mode: program not bound to this device",
+                                  reason="DriverModeUnsupported", errno=errno.EINVAL, interface=name, mode=mode)
+        return self.inner.attach(name, prog_fd, mode, expected_prog_fd=expected_prog_fd)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class Node:
+    """A FakeKernel node with one agent (restartable) and the API stand-in."""
+
+    def __init__(self, *, eth0_modes=("native", "generic")) -> None:
+        self.kernel = FakeKernel()
+        self.kernel.add_netns(NETNS)
+        self.kernel.add_interface("lo", netns=NETNS, modes=("generic",), kind=None, driver=None)
+        self.kernel.add_interface("eth0", netns=NETNS, modes=eth0_modes, default_route=True)
+        self.kernel.mount_bpffs(BPFFS)
+        self.api = FakeApi()
+        self.agent = self.start_agent()
+
+    def start_agent(self) -> Agent:
+        agent = Agent(AgentConfig(node_name=NODE, bpffs=BPFFS, netns=NETNS), kubernetes.client.ApiClient(),
+                      self.kernel)
+        agent.custom = agent.core = self.api
+        agent.builder = CountingBuilder(self.kernel, agent.pins)
+        agent.netlink = DeviceBoundNetlink(agent.netlink, agent.builder)
+        agent.sources[source_digest(SOURCE)] = SOURCE
+        for name, obj in self.api.objects.items():
+            agent.cache[name] = copy.deepcopy(obj)
+        return agent
+
+    def restart(self) -> None:
+        self.kernel.restart()
+        self.agent = self.start_agent()
+
+    def create(self, *, version="1", mode="native", fallback=("generic",), interfaces=None, **extra) -> None:
+        spec = {"nodeName": NODE, "programRef": {"name": PROG, "uid": "uid-1"}, "programGeneration": 1,
+                "sourceDigest": source_digest(SOURCE), "entrypoint": "xdp_pass", "defines": {"VERSION": version},
+                "interfaces": interfaces or {"names": ["eth0"]}, "mode": mode, "fallback": list(fallback),
+                "priority": 500, **extra}
+        obj = {"apiVersion": names.API_VERSION, "kind": names.ATTACHMENT_KIND,
+               "metadata": {"name": ATT, "uid": "att-uid", "generation": 1, "resourceVersion": "1",
+                            "creationTimestamp": "2026-01-01T00:00:00Z", "finalizers": [names.FINALIZER_AGENT]},
+               "spec": spec}
+        self.api.objects[ATT] = obj
+        self.agent.cache[ATT] = copy.deepcopy(obj)
+
+    def update_spec(self, **changes) -> None:
+        obj = self.api.objects[ATT]
+        obj["spec"].update(changes)
+        obj["spec"]["programGeneration"] += 1
+        obj["metadata"]["generation"] += 1
+        obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+        self.agent.cache[ATT] = copy.deepcopy(obj)
+
+    def reconcile(self) -> dict:
+        self.agent.reconcile(ATT)
+        return self.status()
+
+    def status(self) -> dict:
+        return self.api.objects[ATT].get("status") or {}
+
+    def entry(self, iface: str = "eth0") -> dict:
+        return next(i for i in self.status()["interfaces"] if i["name"] == iface)
+
+    def hook(self, iface: str = "eth0"):
+        return self.kernel.netlink(NETNS).read_xdp(iface)
+
+    def pin_id(self, digest: str) -> int:
+        return {p.digest12: p.prog_id for p in self.agent.pins.open_pinned(PROG)}[digest]
+
+
+class HookLog:
+    """Records every write to the hooks (to see a detach+attach gap)."""
+
+    def __init__(self, node: Node) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        inner = node.agent.netlink
+        log = self.calls
+
+        class Recording:
+            def attach(self, name, prog_fd, mode, *, expected_prog_fd=None):
+                log.append(("replace" if expected_prog_fd is not None else "attach", name, mode))
+                return inner.attach(name, prog_fd, mode, expected_prog_fd=expected_prog_fd)
+
+            def detach(self, name, mode, *, expected_prog_fd):
+                log.append(("detach", name, mode))
+                return inner.detach(name, mode, expected_prog_fd=expected_prog_fd)
+
+            def __getattr__(self, name):
+                return getattr(inner, name)
+
+        node.agent.netlink = Recording()
+
+
+def host_digest(node: Node, version: str) -> str:
+    from kube_xdp_agent.kernel import CompileRequest
+    return node.agent.builder.key(CompileRequest(SOURCE, "xdp_pass", {"VERSION": version}))[:12]
+
+
+# --- 1. an update in a fallback mode stays atomic and settled ----------------------------
+def test_update_in_fallback_mode_is_replaced_in_place_and_stays_settled():
+    node = Node(eth0_modes=("generic",))          # the driver refuses native
+    node.create(version="1")
+    st = node.reconcile()
+    first = node.entry()
+    assert first["ready"] and first["mode"] == "generic"
+    assert first["reason"] == reasons.DRIVER_MODE_UNSUPPORTED and "native" in first["message"]
+    assert st["reason"] is None
+
+    node.update_spec(defines={"VERSION": "2"})
+    log = HookLog(node)
+    node.reconcile()
+    new_id = node.pin_id(host_digest(node, "2"))
+    assert log.calls == [("replace", "eth0", "generic")]             # atomic, same mode, no gap
+    updated = node.entry()
+    assert updated["ready"] and updated["progId"] == new_id and updated["mode"] == "generic"
+    assert (updated["reason"], updated["message"]) == (first["reason"], first["message"])
+
+    writes, events = len(node.api.status_writes), len(node.api.events)
+    log.calls.clear()
+    for _ in range(2):                                                # resyncs
+        node.reconcile()
+    assert log.calls == []                                            # Keep: no reattach
+    assert node.hook().skb_prog_id == new_id
+    assert node.api.events[events:] == [] and len(node.api.status_writes) == writes
+    assert node.entry() == updated
+
+
+def test_update_with_a_new_preferred_mode_still_tries_it():
+    """The carried reason is for the same modes: a spec whose mode policy changes (generic
+    only -> native first) is not settled by an old outcome."""
+    node = Node()
+    node.create(version="1", mode="generic", fallback=())
+    node.reconcile()
+    assert node.entry()["mode"] == "generic" and "reason" not in node.entry()
+    node.update_spec(defines={"VERSION": "2"}, mode="native", fallback=["generic"])
+    node.reconcile()
+    node.reconcile()
+    assert node.entry()["mode"] == "native" and node.hook().drv_prog_id == node.pin_id(host_digest(node, "2"))
+
+
+@pytest.mark.parametrize(
+    "entry, modes, settled",
+    [
+        pytest.param({"mode": "generic", "reason": "DriverModeUnsupported",
+                      "message": "attached in generic mode; refused: native: EOPNOTSUPP"}, ("native", "generic"), True,
+                     id="same-preferred-mode"),
+        pytest.param({"mode": "generic", "reason": "DriverModeUnsupported",
+                      "message": "attached in generic mode; refused: native: EOPNOTSUPP"},
+                     ("offload", "native", "generic"), False, id="offload-now-preferred-never-tried"),
+        pytest.param({"mode": "native", "reason": "OffloadUnsupported",
+                      "message": "attached in native mode; refused: offload: EINVAL"}, ("native", "generic"), False,
+                     id="offload-no-longer-preferred"),
+        pytest.param({"mode": "native"}, ("native", "generic"), False, id="no-fallback-reason"),
+        pytest.param({"mode": "generic", "reason": "DriverModeUnsupported",
+                      "message": "attached in native mode; refused: native: x"}, ("native", "generic"), False,
+                     id="message-of-another-mode"),
+    ],
+)
+def test_settled_interfaces(entry, modes, settled):
+    from kube_xdp_agent.controller import settled_interfaces
+    status = {"interfaces": [{"name": "eth0", "ready": True, "progId": 7, **entry},
+                             {"name": "eth1", "ready": False, **entry}]}
+    assert settled_interfaces(status, modes) == (frozenset({"eth0"}) if settled else frozenset())
