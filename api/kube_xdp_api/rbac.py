@@ -30,8 +30,8 @@ OPERATOR_RULES = [
      "know which nodes run an agent (preset its finalizer on their attachments); "
      "delete the XdpNode of a Node that is gone"),
     ("", ["configmaps"], ["get"], "read sources given by configMapRef (digest)"),
-    ("", ["events"], ["create", "patch"], "Events on program condition transitions"),
-    ("events.k8s.io", ["events"], ["create", "patch"], "the same, through the newer Events API"),
+    ("", ["events"], ["create"],
+     "Events on program condition transitions (kube_xdp_api.events and kopf's own: core/v1, created, never patched)"),
 ]
 
 AGENT_RULES = [
@@ -42,7 +42,7 @@ AGENT_RULES = [
     ("", ["configmaps"], ["get"], "read sources given by configMapRef"),
     (G, ["xdpnodes"], ["get", "list", "watch", "create", "patch"], "this node's capability inventory"),
     (G, ["xdpnodes/status"], ["get", "patch"], "this node's capability inventory"),
-    ("", ["events"], ["create", "patch"], "Events about attach failures on this node"),
+    ("", ["events"], ["create"], "Events about attach failures on this node (core/v1, created, never patched)"),
 ]
 
 

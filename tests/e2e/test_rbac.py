@@ -54,7 +54,10 @@ AGENT = [
     # its XdpNode
     *[(v, G, "xdpnodes", "", False, ALLOW) for v in ("get", "list", "watch", "create", "patch")],
     *[(v, G, "xdpnodes", "status", False, ALLOW) for v in ("get", "patch")],
-    *[(v, "", "events", "", True, ALLOW) for v in ("create", "patch")],
+    # Events: created (core/v1), never changed; not the events.k8s.io API (unused)
+    ("create", "", "events", "", True, ALLOW),
+    *[(v, "", "events", "", True, DENY) for v in ("patch", "update", "delete", "list")],
+    *[(v, "events.k8s.io", "events", "", True, DENY) for v in ("create", "patch", "delete")],
     # cannot create or change programs, nor see all of them
     *[(v, G, "xdpprograms", "", False, DENY) for v in ("create", "update", "patch", "delete", "list", "watch",
                                                        "deletecollection")],
@@ -68,7 +71,6 @@ AGENT = [
     *[(v, "", "configmaps", "", True, DENY) for v in ("list", "watch", "create", "update", "patch", "delete")],
     ("get", "", "nodes", "", False, DENY),
     ("patch", "", "nodes", "", False, DENY),
-    ("delete", "events.k8s.io", "events", "", True, DENY),
 ]
 OPERATOR = [
     *[(v, G, "xdpprograms", "", False, ALLOW) for v in ("get", "list", "watch", "patch")],
@@ -77,8 +79,10 @@ OPERATOR = [
     *[(v, G, "xdpattachments", "", False, ALLOW) for v in ("get", "list", "watch", "create", "patch", "delete")],
     *[(v, "", "nodes", "", False, ALLOW) for v in ("get", "list", "watch")],
     ("get", "", "configmaps", "", True, ALLOW),
-    *[(v, "", "events", "", True, ALLOW) for v in ("create", "patch")],
-    *[(v, "events.k8s.io", "events", "", True, ALLOW) for v in ("create", "patch")],
+    # Events: created (core/v1: kube_xdp_api.events and kopf's own), never changed
+    ("create", "", "events", "", True, ALLOW),
+    *[(v, "", "events", "", True, DENY) for v in ("patch", "update", "delete", "list")],
+    *[(v, "events.k8s.io", "events", "", True, DENY) for v in ("create", "patch", "delete")],
     # never creates, replaces or deletes programs (users own them)
     *[(v, G, "xdpprograms", "", False, DENY) for v in ("create", "update", "delete", "deletecollection")],
     ("update", G, "xdpprograms", "status", False, DENY),
@@ -86,7 +90,8 @@ OPERATOR = [
     *[(v, G, "xdpattachments", "status", False, DENY) for v in ("patch", "update")],
     ("update", G, "xdpattachments", "", False, DENY),
     ("deletecollection", G, "xdpattachments", "", False, DENY),
-    # XdpNodes are the agents': the operator only reads which nodes have one
+    # XdpNodes are the agents': the operator reads which nodes have one and deletes the
+    # XdpNode of a Node that is gone; it never creates or changes one
     *[(v, G, "xdpnodes", "", False, ALLOW) for v in ("get", "list", "watch", "delete")],
     *[(v, G, "xdpnodes", "", False, DENY) for v in ("create", "patch", "update")],
     ("patch", G, "xdpnodes", "status", False, DENY),
