@@ -22,8 +22,9 @@ deps:
 $(VENV)/.installed: pyproject.toml
 	@test -x /usr/bin/python3 || { echo "Debian's /usr/bin/python3 is missing: run 'make deps'"; exit 1; }
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	@echo "make venv: installing the Python dependencies into $(VENV) (pip; output in $(VENV)/pip.log)"
+	@{ $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[test,bench]'; } >$(VENV)/pip.log 2>&1 \
+	  || { echo "make venv: pip could not install the project's Python dependencies ($$(grep -m1 -E '^ERROR' $(VENV)/pip.log || tail -1 $(VENV)/pip.log)): full output in $(VENV)/pip.log; check access to PyPI, then rerun 'make venv'" >&2; exit 1; }
 	@$(PY) -c "import bcc, kopf, kubernetes, pyroute2, yaml" || { echo "venv cannot import bcc/kopf/kubernetes/pyroute2/yaml"; exit 1; }
 	@touch $@
 

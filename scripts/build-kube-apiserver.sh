@@ -5,18 +5,26 @@
 # (built elsewhere, then renamed), so an interrupted build never leaves a half binary.
 #
 # Output: $KUBE_XDP_CACHE/bin/kube-apiserver-$BUILD_ID (default ~/.cache/kube-xdp/bin).
-# BUILD_ID names the source version and our patches: change it when a patch changes, and
-# every cache rebuilds once.
+# BUILD_ID names the source version and our patches; it lives in one file,
+# scripts/kube-apiserver.build-id, read here and by the rig (which passes it in
+# KUBE_XDP_APISERVER_BUILD_ID): change it when a patch changes, and every cache rebuilds once.
 set -euo pipefail
+die() { echo "build-kube-apiserver: $*" >&2; exit 1; }
 CACHE=${KUBE_XDP_CACHE:-$HOME/.cache/kube-xdp}
 BIN_DIR=$CACHE/bin
-BUILD_ID=${KUBE_XDP_APISERVER_BUILD_ID:-v1.20.2-kx2}
+ID_FILE=$(dirname "$0")/kube-apiserver.build-id
+BUILD_ID=${KUBE_XDP_APISERVER_BUILD_ID:-$(cat "$ID_FILE" 2>/dev/null)} || true
+[ -n "$BUILD_ID" ] || die "no build id: $ID_FILE is missing or empty"
 OUT=$BIN_DIR/kube-apiserver-$BUILD_ID
-die() { echo "build-kube-apiserver: $*" >&2; exit 1; }
 
 if [ -x "$OUT" ] && "$OUT" --version >/dev/null 2>&1; then
   echo "build-kube-apiserver: cached $OUT ($("$OUT" --version))"; exit 0
 fi
+if [ -e "$OUT" ]; then
+  echo "build-kube-apiserver: the cached $OUT does not run (truncated or corrupted): rebuilding it"
+  rm -f "$OUT"
+fi
+rm -f "$OUT".tmp.*       # a copy interrupted before its rename
 
 GO=/usr/lib/go-1.19/bin
 [ -x "$GO/go" ] || die "Debian's golang-1.19-go is missing: run scripts/install-host-deps.sh"
@@ -25,7 +33,10 @@ REFLECT2=/usr/share/gocode/src/github.com/modern-go/reflect2
 command -v dpkg-source >/dev/null || die "dpkg-dev is missing: run scripts/install-host-deps.sh"
 
 WORK=$CACHE/build/kube-apiserver
-rm -rf "$WORK"            # a half-built tree from an interrupted run is discarded
+if [ -e "$WORK" ]; then
+  echo "build-kube-apiserver: discarding the half-built tree of an interrupted run ($WORK)"
+  rm -rf "$WORK"
+fi
 mkdir -p "$WORK" "$BIN_DIR"
 cd "$WORK"
 echo "build-kube-apiserver: fetching Debian's kubernetes source package"

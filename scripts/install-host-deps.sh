@@ -19,9 +19,12 @@ PKGS=(
   rsync                                # kubernetes' own build scripts use it
   iproute2 openssl make procps psmisc kmod
 )
+# kubectl, for the person at the keyboard (README, `rig up`, the kubectl e2e tests): Debian's
+# kubernetes-client (1.20, the API server's own version) unless one is on PATH already.
+command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)
 
 # deb-src for the kubernetes source package (only bookworm main; added once).
-SRC=/etc/apt/sources.list.d/kube-xdp-deb-src.sources
+SRC=${KUBE_XDP_DEB_SRC_FILE:-/etc/apt/sources.list.d/kube-xdp-deb-src.sources}
 if [ ! -f "$SRC" ]; then
   cat > "$SRC" <<'SRCEOF'
 # added by kube-xdp scripts/install-host-deps.sh: apt-get source kubernetes/linux
@@ -40,12 +43,12 @@ for p in "${PKGS[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ] || [ -n "${NEED_UPDATE:-}" ]; then
   echo "install-host-deps: apt-get update"
-  apt-get update -qq || die "apt-get update failed: check the Debian mirror in /etc/apt/sources.list.d"
+  apt-get update -qq || die "apt-get update failed: check network access and the Debian mirror in /etc/apt/sources.list.d, then rerun 'make deps'"
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-host-deps: installing ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-    || die "apt-get install failed for: ${missing[*]} (see apt's output above; rerun after fixing)"
+    || die "apt-get install failed for: ${missing[*]} (apt's reason is above; fix it, then rerun 'make deps')"
 fi
 
 # bcc looks for headers at /lib/modules/$(uname -r)/{build,source}. The running kernel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -13,9 +14,12 @@ from pathlib import Path
 
 from .procs import ProcTable
 
-APISERVER_BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-kube-apiserver.sh"
-# Must equal BUILD_ID in the build script: the source version plus our patches.
-APISERVER_BUILD_ID = "v1.20.2-kx2"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+APISERVER_BUILD_SCRIPT = SCRIPTS / "build-kube-apiserver.sh"
+# The one place the build id lives (the source version plus our patches); the build script
+# reads the same file. Change it when a patch changes, and every cache rebuilds once.
+APISERVER_BUILD_ID_FILE = SCRIPTS / "kube-apiserver.build-id"
+APISERVER_BUILD_ID = APISERVER_BUILD_ID_FILE.read_text().strip()
 SERVICE_ACCOUNT_ISSUER = "https://kube-xdp-rig.invalid"
 
 
@@ -79,20 +83,34 @@ def ensure_port_free(port: int, what: str, flag: str, grace: float = 0.0) -> Non
         raise RigError(f"port {port} for {what} is already in use by {owner}: stop it, or pass {flag} PORT")
 
 
-def apiserver_binary(cache_dir: Path) -> Path:
-    """The cached kube-apiserver, built from Debian's source package if missing."""
+def apiserver_binary(cache_dir: Path, build_script: Path = APISERVER_BUILD_SCRIPT) -> Path:
+    """The cached kube-apiserver, built from Debian's source package if missing. A cached
+    file that does not run (truncated by an interrupted copy, or corrupted) is removed
+    and rebuilt; a failed build raises a one-line RigError naming what to rerun."""
     binary = cache_dir / "bin" / f"kube-apiserver-{APISERVER_BUILD_ID}"
     if not _runs(binary):
-        print(f"rig: kube-apiserver not cached at {binary}; building it from Debian's kubernetes source package (about 3-4 minutes)", flush=True)
-        proc = subprocess.run(["bash", str(APISERVER_BUILD_SCRIPT)], env=_env(cache_dir))
-        if proc.returncode != 0 or not _runs(binary):
-            raise RigError(f"building kube-apiserver failed (see the output above); rerun 'make apiserver' after fixing")
+        if binary.exists():
+            print(f"rig: the cached kube-apiserver {binary} does not run (truncated or corrupted); "
+                  "removing it and building it again (about 3-4 minutes)", flush=True)
+            binary.unlink()
+        else:
+            print(f"rig: kube-apiserver not cached at {binary}; building it from Debian's kubernetes "
+                  "source package (about 3-4 minutes)", flush=True)
+        try:
+            proc = subprocess.run(["bash", str(build_script)], env=_env(cache_dir))
+        except OSError as e:
+            raise RigError(f"cannot run {build_script}: {e}") from None
+        if proc.returncode != 0:
+            raise RigError(f"building kube-apiserver failed ({build_script.name} exited {proc.returncode}; "
+                           "its message is above): fix that, then rerun 'make apiserver'")
+        if not _runs(binary):
+            raise RigError(f"building kube-apiserver finished but {binary} does not run: "
+                           f"remove {cache_dir / 'bin'} and rerun 'make apiserver'")
     return binary
 
 
 def _env(cache_dir: Path) -> dict:
-    import os
-    return {**os.environ, "KUBE_XDP_CACHE": str(cache_dir)}
+    return {**os.environ, "KUBE_XDP_CACHE": str(cache_dir), "KUBE_XDP_APISERVER_BUILD_ID": APISERVER_BUILD_ID}
 
 
 def _runs(binary: Path) -> bool:

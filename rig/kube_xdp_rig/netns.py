@@ -1,12 +1,13 @@
 """Network namespaces, veth "NICs" and bpffs mounts of simulated nodes (via iproute2).
 
-Only namespaces whose names start with '<instance>-' and mounts under the rig's state
-directory are ever created or removed here.
+Only the rig's own namespaces ('<instance>-node-N' and '<instance>-node-N-src') and
+mounts under the rig's state directory are ever created or removed here.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -26,6 +27,17 @@ def run(*argv: str) -> str:
 def list_netns(prefix: str) -> list[str]:
     names = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
     return sorted(n for n in names if n.startswith(prefix))
+
+
+def is_rig_netns(name: str, instance: str) -> bool:
+    """True for the rig's own namespace names: '<instance>-node-N' and '<instance>-node-N-src'
+    (a person's 'kxr-lab' is not the rig's)."""
+    return re.fullmatch(rf"{re.escape(instance)}-node-[1-9][0-9]*(-src)?", name) is not None
+
+
+def rig_netns(instance: str) -> list[str]:
+    """The rig instance's own namespaces that exist now."""
+    return [n for n in list_netns(f"{instance}-") if is_rig_netns(n, instance)]
 
 
 def create_node_netns(node: NodeSpec, instance: str) -> None:
@@ -66,8 +78,23 @@ def link_states(netns: str) -> dict[str, str]:
     return states
 
 
+def link_addrs(netns: str) -> dict[str, set[str]]:
+    """ifname -> its IPv4 addresses as 'a.b.c.d/len', for every link that has one."""
+    out = run("ip", "-n", netns, "-o", "-4", "addr", "show")
+    addrs: dict[str, set[str]] = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "inet":
+            addrs.setdefault(fields[1].split("@", 1)[0], set()).add(fields[3])
+    return addrs
+
+
+def delete_link(netns: str, ifname: str) -> None:
+    """Delete a link (for a veth, both ends go)."""
+    run("ip", "-n", netns, "link", "del", ifname)
+
+
 def delete_netns(name: str) -> None:
-    subprocess.run(["ip", "netns", "pids", name], capture_output=True)
     run("ip", "netns", "del", name)
 
 

@@ -1,8 +1,14 @@
 """Processes the rig starts and stops: daemons with pid files, found again after a crash.
 
-A process belongs to the rig when its pid file is in the rig's state directory AND its
-command line still mentions that directory (guards against pid reuse). Processes that
-lost their pid file are found by the same command-line test.
+Only processes the rig started are ever signalled:
+- a pid file <state>/procs/NAME.pid holds "PID STARTTIME" (the kernel's start time of the
+  process, /proc/PID/stat field 22, which survives exec and never repeats for a reused
+  pid): the pid counts only while that process, with that start time, is alive;
+- every process the rig starts carries KUBE_XDP_RIG_PROC=<state dir>:<name> in its
+  environment (inherited by what it starts in turn). A process that lost its pid file
+  (a crash between start and write) is found by that tag, never by its command line:
+  a person's `tail -f <state>/logs/etcd.log` or `kubectl --kubeconfig
+  <state>/admin.kubeconfig get -w` names the state directory but is not the rig's.
 """
 
 from __future__ import annotations
@@ -22,6 +28,45 @@ class Proc:
     rss_kib: int
 
 
+ENV_TAG = "KUBE_XDP_RIG_PROC"
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name: [state, ppid, ...]; None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def starttime(pid: int) -> int | None:
+    """The process's start time in clock ticks after boot (stat field 22), None if gone."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+def parse_pid_file(text: str) -> tuple[int, int | None]:
+    """'PID STARTTIME' (or a bare 'PID' written by an older rig) -> (pid, starttime)."""
+    parts = text.split()
+    if not 1 <= len(parts) <= 2:
+        raise ValueError(f"pid file: expected 'PID [STARTTIME]', got {text!r}")
+    return int(parts[0]), (int(parts[1]) if len(parts) == 2 else None)
+
+
+def _alive(pid: int, start: int | None, marker: str) -> bool:
+    """The process of a pid file is still the one the rig started: alive (not a zombie)
+    with the recorded start time. A pid file of an older rig (no start time, no tag in
+    its processes) falls back to that rig's own test: the command line names the state
+    directory (so `down` with this code still stops a rig started before it)."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] == "Z":
+        return False
+    if start is not None:
+        return len(fields) > 19 and int(fields[19]) == start
+    return tagged(_environ(pid), marker) or _mentions(_cmdline(pid), marker)
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -29,19 +74,26 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _alive(pid: int, marker: str) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[1].split()[0] == "Z":
-        return False
-    return _mentions(_cmdline(pid), marker)
-
-
 def _mentions(cmdline: str, marker: str) -> bool:
     """True if a command line names the directory `marker` or a path under it."""
     return marker + "/" in cmdline or (" " + marker + " ") in (" " + cmdline)
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def tag_value(marker: str, name: str) -> str:
+    return f"{marker}:{name}"
+
+
+def tagged(environ: bytes, marker: str) -> bool:
+    """True if a NUL-separated environment carries the rig's tag for state dir `marker`."""
+    prefix = f"{ENV_TAG}={marker}:".encode()
+    return any(entry.startswith(prefix) for entry in environ.split(b"\0"))
 
 
 def rss_kib(pid: int) -> int:
@@ -70,21 +122,21 @@ class ProcTable:
         self._children = _CHILDREN.setdefault(self.marker, {})
 
     def start(self, name: str, argv: list[str], *, env: dict | None = None, netns: str | None = None) -> int:
-        """Start `argv` detached (own session) with output to logs/<name>.log.
-        Its command line must mention the state directory (so it can be found again)."""
-        if not any(self.marker in a for a in argv):
-            raise ValueError(f"{name}: command line must reference {self.marker} to be trackable")
+        """Start `argv` detached (own session) with output to logs/<name>.log, tagged with
+        the rig's environment variable, and record "PID STARTTIME" in procs/<name>.pid."""
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
+        env = {**(os.environ if env is None else env), ENV_TAG: tag_value(self.marker, name)}
         log = open(self.log_dir / f"{name}.log", "ab")
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, env=env, close_fds=True)
         finally:
             log.close()
-        (self.pid_dir / f"{name}.pid").write_text(str(proc.pid))
+        # the child exists now (it may not have exec'd yet: the start time is the fork's)
+        (self.pid_dir / f"{name}.pid").write_text(f"{proc.pid} {starttime(proc.pid) or ''}".strip() + "\n")
         self.reap()
         self._children[name] = proc
         return proc.pid
@@ -102,10 +154,10 @@ class ProcTable:
 
     def pid(self, name: str) -> int | None:
         try:
-            pid = int((self.pid_dir / f"{name}.pid").read_text())
+            pid, start = parse_pid_file((self.pid_dir / f"{name}.pid").read_text())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid, self.marker) else None
+        return pid if _alive(pid, start, self.marker) else None
 
     def running(self) -> list[Proc]:
         out = []
@@ -125,16 +177,22 @@ class ProcTable:
         return True
 
     def strays(self) -> list[int]:
-        """Live processes whose command line names the state directory, pid file or not."""
+        """Live processes the rig started (its environment tag), pid file or not; never
+        this process or its ancestors."""
+        mine = _ancestors(os.getpid())
         out = []
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) != os.getpid() and _alive(int(entry.name), self.marker):
-                out.append(int(entry.name))
+            if not entry.name.isdigit() or int(entry.name) in mine:
+                continue
+            pid = int(entry.name)
+            fields = _stat_fields(pid)
+            if fields and fields[0] != "Z" and tagged(_environ(pid), self.marker):
+                out.append(pid)
         return sorted(out)
 
     def stop_all(self, timeout: float = 3.0) -> list[int]:
-        """Stop every process of this rig: by pid file, then any stray one whose command
-        line mentions the state directory (left by a crash that lost its pid file)."""
+        """Stop every process of this rig: by pid file, then any stray one the rig started
+        (its environment tag: left by a crash that lost its pid file)."""
         self.reap()
         pids = {p.pid for p in self.running()} | set(self.strays())
         self._terminate(sorted(pids), timeout)
@@ -162,6 +220,17 @@ class ProcTable:
                     pass
         for n in [n for n, p in self._children.items() if p.pid in pids]:
             del self._children[n]
+
+
+def _ancestors(pid: int) -> set[int]:
+    out = set()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        fields = _stat_fields(pid)
+        if not fields:
+            break
+        pid = int(fields[1])
+    return out
 
 
 def _wait_gone(pids: list[int], children: dict, timeout: float) -> bool:

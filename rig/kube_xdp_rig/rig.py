@@ -18,6 +18,9 @@ from .controlplane import RigError
 from .procs import ProcTable
 
 STATE_FILE = "rig.json"
+# How long `up` waits for a running rig's API server to answer /readyz before it gives up
+# (and says so, removing nothing): one slow probe on a loaded machine is not a dead rig.
+READY_WAIT = 60.0
 
 
 @dataclasses.dataclass
@@ -58,9 +61,22 @@ class RigInfo:
         raise KeyError(f"no rig node named {name!r}; nodes: {[n.name for n in self.nodes]}")
 
 
+def link_diff(links, states: dict[str, str], addrs: dict[str, set[str]]) -> tuple[list[str], list[str]]:
+    """Compare a node namespace with the links it should have: (extra, broken) where
+    `extra` are links it has that are not wanted, and `broken` the wanted ones that are
+    missing, not up, or without their address."""
+    wanted = {link.name for link in links}
+    extra = sorted(name for name in states if name not in wanted)
+    broken = sorted(link.name for link in links
+                    if states.get(link.name) not in ("UP", "UNKNOWN")
+                    or f"{link.node_ip}/{link.prefix_len}" not in addrs.get(link.name, set()))
+    return extra, broken
+
+
 class Rig:
-    def __init__(self, config: RigConfig):
+    def __init__(self, config: RigConfig, *, ready_wait: float = READY_WAIT):
         self.config = config
+        self.ready_wait = ready_wait
         self.state = config.state_dir
         self.procs = ProcTable(self.state)
         self.prefix = f"{config.instance}-"
@@ -68,8 +84,16 @@ class Rig:
     # -- helpers ---------------------------------------------------------------------
     @contextmanager
     def _lock(self):
-        self.state.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.state.parent / f".{self.config.instance}.lock", "w") as f:
+        lock = self.state.parent / f".{self.config.instance}.lock"
+        for attempt in range(3):        # another instance's `down` may rmdir the root meanwhile
+            self.state.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                f = open(lock, "w")
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -78,7 +102,11 @@ class Rig:
                 yield
             finally:
                 if not self.state.exists():
-                    (self.state.parent / f".{self.config.instance}.lock").unlink(missing_ok=True)
+                    lock.unlink(missing_ok=True)
+                    try:
+                        self.state.parent.rmdir()      # /run/kube-xdp-rig goes when empty
+                    except OSError:
+                        pass
 
     @property
     def server(self) -> str:
@@ -101,8 +129,9 @@ class Rig:
         """Everything of this instance that exists on the machine right now."""
         return {
             "processes": sorted({f"{p.name}[{p.pid}]" for p in self.procs.running()}
-                                | {f"{_comm(pid)}[{pid}]" for pid in self.procs.strays()}),
-            "netns": netns.list_netns(self.prefix),
+                                | {f"{_comm(pid)}[{pid}]" for pid in self.procs.strays()
+                                   if pid not in {p.pid for p in self.procs.running()}}),
+            "netns": netns.rig_netns(self.config.instance),
             "mounts": netns.mounts_under(self.state),
             "state_dir": self.state.exists() or self.failed_logs.exists(),
         }
@@ -112,10 +141,20 @@ class Rig:
         with self._lock():
             t0 = time.monotonic()
             info = self.info()
-            if info is not None and self.healthy():
+            etcd, apiserver = self.procs.pid("etcd"), self.procs.pid("kube-apiserver")
+            if info is not None and etcd is not None:
                 if (info.apiserver_port, info.etcd_port) != (self.config.apiserver_port, self.config.etcd_port):
                     raise RigError(f"the rig is already up on ports {info.apiserver_port}/{info.etcd_port}; "
                                    "run 'down' first to change ports")
+            ready = None
+            if info is not None and etcd is not None and apiserver is None:
+                # etcd holds the rig's data: restart the API server on it rather than wipe it
+                log(f"rig: kube-apiserver is not running (etcd is, pid {etcd}); restarting it on the rig's data")
+                self.start_apiserver()
+                ready = True
+            elif info is not None and etcd is not None:
+                ready = self._wait_ready(info, apiserver, log)
+            if ready:
                 log(f"rig: already up ({info.server}); reconciling nodes")
                 info = self._reconcile_nodes(log)
             else:
@@ -126,6 +165,31 @@ class Rig:
                 info = self._fresh_up(log, grace=5.0 if any(left.values()) else 0.0)
             log(f"rig: up in {time.monotonic() - t0:.1f}s")
             return info
+
+    def _wait_ready(self, info: RigInfo, apiserver_pid: int, log) -> bool | None:
+        """Probe a running rig's /readyz for up to `ready_wait` seconds: True when it
+        answers, None when etcd or the API server died meanwhile (a stale rig). Past the
+        bound with both alive, raise: nothing is removed (that would delete etcd's data)."""
+        token = certs.tokens(Path(info.state_dir) / "pki")["admin"]
+        deadline = time.monotonic() + self.ready_wait
+        said = False
+        while True:
+            if controlplane.apiserver_ready(info.server, Path(info.ca_file), token):
+                return True
+            if self.procs.pid("etcd") is None or self.procs.pid("kube-apiserver") is None:
+                return None
+            if time.monotonic() >= deadline:
+                log_file = self.procs.log_dir / "kube-apiserver.log"
+                raise RigError(
+                    f"rig '{self.config.instance}' is running (kube-apiserver pid {apiserver_pid}) but its API server "
+                    f"has not answered /readyz for {self.ready_wait:.0f}s (overloaded machine or a wedged server: "
+                    f"see {log_file}); nothing was removed: rerun 'up' later, or run 'down' to start over "
+                    f"(that deletes the rig's etcd data)")
+            if not said:
+                log(f"rig: kube-apiserver (pid {apiserver_pid}) is running but not answering /readyz; "
+                    f"retrying for up to {self.ready_wait:.0f}s")
+                said = True
+            time.sleep(1.0)
 
     def _fresh_up(self, log, grace: float = 0.0) -> RigInfo:
         cfg = self.config
@@ -180,17 +244,22 @@ class Rig:
         assert info is not None
         api = kube.client(Path(info.kubeconfig))
         wanted = {n.name: n for n in self.config.node_specs()}
-        existing_ns = set(netns.list_netns(self.prefix))
+        existing_ns = set(netns.rig_netns(self.config.instance))
         nodes = []
         for spec in wanted.values():
             ns, src = spec.netns(self.config.instance), spec.src_netns(self.config.instance)
             bpffs = self.state / "nodes" / spec.name / "bpffs"
-            if not self._node_intact(spec, existing_ns, bpffs):
+            extra, broken = self._node_diff(spec, existing_ns)
+            if broken is None or broken:
                 for name in (ns, src):
                     if name in existing_ns:
                         netns.delete_netns(name)
                 log(f"rig: creating node {spec.name} (netns {ns}, interfaces {', '.join(l.name for l in spec.links)})")
                 netns.create_node_netns(spec, self.config.instance)
+            elif extra:
+                log(f"rig: node {spec.name}: removing interface(s) {', '.join(extra)} (not in --interfaces)")
+                for ifname in extra:
+                    netns.delete_link(ns, ifname)
             netns.mount_bpffs(bpffs)
             kube.ensure_node(api, spec)
             nodes.append(NodeInfo(
@@ -203,7 +272,7 @@ class Rig:
                 log(f"rig: removing extra node {name}")
                 kube.delete_node(api, name)
         keep = {n.netns for n in nodes} | {n.src_netns for n in nodes}
-        for name in netns.list_netns(self.prefix):
+        for name in netns.rig_netns(self.config.instance):
             if name not in keep:
                 netns.delete_netns(name)
         for node_dir in (self.state / "nodes").glob("*") if (self.state / "nodes").is_dir() else []:
@@ -214,15 +283,16 @@ class Rig:
         api.close()
         return self._write_info(info.kubeconfigs, nodes)
 
-    def _node_intact(self, spec, existing_ns: set, bpffs: Path) -> bool:
+    def _node_diff(self, spec, existing_ns: set) -> tuple[list[str], list[str] | None]:
+        """(extra links, broken links) of a node's namespace; broken None when the
+        namespaces themselves are missing or unreadable (the node is rebuilt)."""
         ns, src = spec.netns(self.config.instance), spec.src_netns(self.config.instance)
         if ns not in existing_ns or src not in existing_ns:
-            return False
+            return [], None
         try:
-            states = netns.link_states(ns)
+            return link_diff(spec.links, netns.link_states(ns), netns.link_addrs(ns))
         except RigError:
-            return False
-        return all(states.get(l.name) in ("UP", "UNKNOWN") for l in spec.links)
+            return [], None
 
     # -- down ------------------------------------------------------------------------
     def down(self, log=print) -> dict:
@@ -252,7 +322,7 @@ class Rig:
         killed = self.procs.stop_all()
         if killed:
             log(f"rig: stopped {len(killed)} process(es)")
-        for name in netns.list_netns(self.prefix):
+        for name in netns.rig_netns(self.config.instance):
             netns.delete_netns(name)
         for point in netns.mounts_under(self.state):
             netns.umount(point)
@@ -285,18 +355,37 @@ class Rig:
 
     # -- status ----------------------------------------------------------------------
     def status(self) -> dict:
+        """What runs. When the rig is not up, `leftovers` lists what of it is still on
+        the machine and `problem` says why it is not up (None when nothing is there)."""
         info = self.info()
         procs = self.procs.running()
+        up = info is not None and self.healthy()
+        leftovers = None if up else self.leftovers()
+        existing = set(netns.rig_netns(self.config.instance))
         return {
             "instance": self.config.instance,
-            "up": info is not None and self.healthy(),
+            "up": up,
             "server": info.server if info else None,
             "kubeconfig": info.kubeconfig if info else None,
+            "state_dir": str(self.state),
             "processes": [{"name": p.name, "pid": p.pid, "rss_mib": round(p.rss_kib / 1024, 1)} for p in procs],
-            "nodes": [{"name": n.name, "netns": n.netns, "links": netns.link_states(n.netns) if n.netns in netns.list_netns(self.prefix) else {},
+            "nodes": [{"name": n.name, "netns": n.netns, "links": netns.link_states(n.netns) if n.netns in existing else {},
                        "bpffs": netns.is_bpffs(Path(n.bpffs))} for n in (info.nodes if info else [])],
-            "leftovers": self.leftovers() if info is None else None,
+            "leftovers": leftovers,
+            "problem": None if up else why_down(info is not None, {p.name for p in procs}, leftovers),
         }
+
+
+def why_down(has_state: bool, running: set[str], leftovers: dict) -> str | None:
+    """Why a rig that is not up is not up, in a few words (None: nothing of it is there)."""
+    if not any(leftovers.values()):
+        return None
+    if not has_state:
+        return "no rig.json: left over from a crashed or interrupted run"
+    missing = [name for name in ("etcd", "kube-apiserver") if name not in running]
+    if missing:
+        return f"{' and '.join(missing)} not running"
+    return "kube-apiserver not answering /readyz"
 
 
 def _comm(pid: int) -> str:
