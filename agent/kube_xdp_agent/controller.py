@@ -55,6 +55,8 @@ WATCH_TIMEOUT = 240
 # outage an agent is back within this many seconds of the server (30 s made a 60 s outage
 # take ~30 s more to converge; tests/faults/test_3_apiserver_outage.py).
 WATCH_BACKOFF_MAX = 8.0
+# The device's refusals of an offload build: the same key on the same device fails the same way.
+OFFLOAD_REFUSALS = frozenset({reasons.OFFLOAD_UNSUPPORTED, reasons.PROGRAM_NOT_OFFLOADABLE})
 
 
 @dataclasses.dataclass
@@ -100,6 +102,11 @@ class Agent:
         self._qlock = threading.Lock()
         self._queued: set[str] = set()
         self._retrying: set[str] = set()
+        # (program, interface) -> (device compile key, ifindex, error) of an offload build the
+        # device refused (worker thread only): an unchanged spec on the same device is not
+        # rebuilt on every resync (a bcc worker each time); a new key or a recreated
+        # interface (new ifindex) tries again, and so does a restarted agent, once.
+        self._offload_failures: dict[tuple[str, str], tuple[str, int, KernelError]] = {}
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> None:
@@ -380,10 +387,23 @@ class Agent:
         def build(iface: str) -> tuple[str, int]:
             offload.check_source(req.source, program=program, interface=iface, mode="offload")
             dreq = dataclasses.replace(req, device=iface)
-            digest = self.builder.key(dreq)[:12]
+            key = self.builder.key(dreq)
+            digest = key[:12]
             pinned = {p.digest12: p for p in self.pins.open_pinned(program)}
             if digest not in pinned:
-                self.builder.build(dreq, program)
+                index = self.netlink.interface(iface).index
+                failed = self._offload_failures.get((program, iface))
+                if failed is not None and failed[:2] == (key, index):
+                    log.debug("%s: offload build for %s refused before (%s); not rebuilt", program, iface,
+                              failed[2].reason)
+                    raise failed[2].with_traceback(None)
+                try:
+                    self.builder.build(dreq, program)
+                except KernelError as e:
+                    if e.reason in OFFLOAD_REFUSALS:
+                        self._offload_failures[(program, iface)] = (key, index, e)
+                    raise
+                self._offload_failures.pop((program, iface), None)
                 pinned = {p.digest12: p for p in self.pins.open_pinned(program)}
             return digest, pinned[digest].prog_id
         return build
@@ -432,9 +452,15 @@ class Agent:
             log.warning("%s: cleanup incomplete (%s); retrying", att["metadata"]["name"], message or "pins remain")
             self._later(att["metadata"]["name"], TRANSIENT_RETRY)
             return
+        self._forget(program)
         log.info("%s: detached from %s, unpinned; releasing finalizer", att["metadata"]["name"],
                  ", ".join(outcome.detached) or "no interface")
         self._set_finalizer(att, present=False)
+
+    def _forget(self, program: str) -> None:
+        """Drop what this process remembers about a program removed from the node."""
+        for k in [k for k in self._offload_failures if k[0] == program]:
+            del self._offload_failures[k]
 
     def _cleanup_unparseable(self, att: dict) -> None:
         program = (att.get("metadata", {}).get("labels") or {}).get(names.LABEL_PROGRAM)
@@ -505,6 +531,7 @@ class Agent:
         for program in sorted(pinned - wanted):
             outcome = Executor(self.netlink, self.pins, program=program).run(
                 plan_cleanup(program=program, observed=observe(self.netlink, self.pins)))
+            self._forget(program)
             log.warning("removed orphan program %s (no attachment on this node): detached from %s, unpinned %s",
                         program, ", ".join(outcome.detached) or "nothing", ", ".join(outcome.unpinned) or "nothing")
 

@@ -273,3 +273,65 @@ def test_settled_interfaces(entry, modes, settled):
     status = {"interfaces": [{"name": "eth0", "ready": True, "progId": 7, **entry},
                              {"name": "eth1", "ready": False, **entry}]}
     assert settled_interfaces(status, modes) == (frozenset({"eth0"}) if settled else frozenset())
+
+
+# --- 2. "offload or fail" on a NIC that cannot offload: not rebuilt on every resync -------
+def device_builds(node: Node) -> list:
+    return [b for b in node.agent.builder.builds if b[1] is not None]
+
+
+def test_offload_only_failure_is_not_rebuilt_on_every_resync():
+    node = Node()                                     # eth0: native + generic, no offload
+    node.create(mode="offload", fallback=())
+    st = node.reconcile()
+    assert len(device_builds(node)) == 1
+    assert st["reason"] == reasons.OFFLOAD_UNSUPPORTED
+    stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == reasons.OFFLOAD_UNSUPPORTED
+    assert not node.entry()["ready"] and "cannot offload" in node.entry()["message"]
+    first, writes = copy.deepcopy(st), len(node.api.status_writes)
+    for _ in range(3):                                # resyncs: same spec, same device
+        node.reconcile()
+    assert len(device_builds(node)) == 1
+    assert node.status() == first and len(node.api.status_writes) == writes
+    assert node.hook().attached is None
+
+    # the interface recreated (a new ifindex): tried again
+    node.kernel.remove_interface("eth0", netns=NETNS)
+    node.kernel.add_interface("eth0", netns=NETNS, default_route=True)
+    node.reconcile()
+    assert len(device_builds(node)) == 2
+    node.reconcile()
+    assert len(device_builds(node)) == 2
+
+    # a spec change (a new compile key): tried again
+    node.update_spec(defines={"VERSION": "2"})
+    node.reconcile()
+    assert len(device_builds(node)) == 3 and node.status()["reason"] == reasons.OFFLOAD_UNSUPPORTED
+    node.reconcile()
+    assert len(device_builds(node)) == 3
+
+    # an agent restart may try once more, then it is remembered again
+    node.restart()
+    node.reconcile()
+    node.reconcile()
+    assert len(device_builds(node)) == 1             # the new agent's builder counts from zero
+    assert node.status()["reason"] == reasons.OFFLOAD_UNSUPPORTED
+
+
+def test_offload_failure_memory_is_per_interface_and_program():
+    node = Node()
+    node.kernel.add_interface("eth1", netns=NETNS, modes=("native", "generic", "offload"))
+    node.create(mode="offload", fallback=(), interfaces={"names": ["eth0", "eth1"]})
+    node.reconcile()
+    node.reconcile()
+    assert sorted(d for _, d in device_builds(node)) == ["eth0", "eth1"]   # eth1 built once, pinned
+    assert node.entry("eth1")["ready"] and node.entry("eth1")["mode"] == "offload"
+    assert not node.entry("eth0")["ready"]
+    # the program deleted: its remembered failures go with it
+    obj = node.api.objects[ATT]
+    obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:05:00Z"
+    node.agent.cache[ATT] = copy.deepcopy(obj)
+    node.agent.reconcile(ATT)
+    assert node.hook("eth1").attached is None
+    assert not any(k[0] == PROG for k in node.agent._offload_failures)
