@@ -3,7 +3,8 @@ then restarted.
 
 Many nodes: the rig's 3 real nodes plus HOLLOW Node objects (no namespace, no agent), so
 placement takes long enough to be interrupted. The kill is triggered by a watch on the
-program's attachments: at the first one created. Holds: after the restart there is
+program's attachments: at the KILL_AT-th one created (the operator writes them one after
+another, ~12 ms each, so it dies with some placed and most not). Holds: after the restart there is
 exactly one attachment per selected node (none duplicated, none for a node that does not
 exist), all owned by the program and built from its current generation; each real node
 runs exactly one program on the interface (one pin directory); a canary flow through
@@ -29,14 +30,17 @@ pytestmark = pytest.mark.rig
 
 HOLLOW = 60
 HOLLOW_LABEL = "kubexdp.io/fault-hollow"
+KILL_AT = 10          # of 63 attachments
 
 
-def _first_attachment_kills_operator(fx, program: str, done: threading.Event, seen: dict) -> None:
+def _attachments_kill_operator(fx, program: str, done: threading.Event, seen: dict) -> None:
     w = kubernetes.watch.Watch()
+    added = 0
     try:
         for event in w.stream(fx.custom.list_cluster_custom_object, names.GROUP, names.VERSION, names.ATTACHMENTS,
                               label_selector=f"{names.LABEL_PROGRAM}={program}", timeout_seconds=60):
-            if event["type"] == "ADDED":
+            added += event["type"] == "ADDED"
+            if added >= KILL_AT:
                 seen["killed_pid"] = fx.sigkill("operator")
                 seen["at"] = time.monotonic()
                 break
@@ -58,7 +62,7 @@ def test_operator_sigkill_mid_placement_converges_without_duplicates(fx, frig, p
         node_names = [n.name for n in frig.nodes] + hollow
         time.sleep(1.0)                                     # the operator's node index has them
         done, seen = threading.Event(), {}
-        watcher = threading.Thread(target=_first_attachment_kills_operator,
+        watcher = threading.Thread(target=_attachments_kill_operator,
                                    args=(fx, "kxf-spread", done, seen), daemon=True)
         with Flow(canary_node, 9106, iface=1, max_seconds=90) as flow:
             watcher.start()
