@@ -87,6 +87,23 @@ def test_lint_catches_a_broken_chart(tmp_path: Path) -> None:
     assert lint_problems(broken) != []
 
 
+# Refused since the audit of issue 5; each is also checked through `helm lint --strict`.
+NEW_REFUSALS = {
+    "agent-env-value-and-valueFrom": {"agent": {"extraEnv": [
+        {"name": "X", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]}},
+    "operator-env-value-and-valueFrom": {"operator": {"extraEnv": [
+        {"name": "X", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}},
+    "agent-env-overrides-node-name": {"agent": {"extraEnv": [{"name": "NODE_NAME", "value": "node-9"}]}},
+    "agent-env-overrides-node-name-from": {"agent": {"extraEnv": [
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}},
+    "env-name-not-a-variable": {"agent": {"extraEnv": [{"name": "1=X", "value": "1"}]}},
+    "common-label-overrides-name": {"commonLabels": {"app.kubernetes.io/name": "other"}},
+    "common-label-overrides-instance": {"commonLabels": {"app.kubernetes.io/instance": "other"}},
+    "common-label-overrides-version": {"commonLabels": {"app.kubernetes.io/version": "9"}},
+    "common-label-overrides-chart": {"commonLabels": {"helm.sh/chart": "other-1.0"}},
+    "common-label-bad-value": {"commonLabels": {"team": "not a label value"}},
+}
+
 BAD_VALUES = {
     "unknown-top-level-key": {"replicas": 2},
     "unknown-nested-key": {"agent": {"bpffs": {"propagation": "Bidirectional"}}},
@@ -108,6 +125,11 @@ BAD_VALUES = {
     "unknown-resources-key": {"agent": {"resources": {"request": {"cpu": "1"}}}},
     "bad-priority-class": {"agent": {"priorityClassName": "Not_A_Name"}},
     "env-without-name": {"agent": {"extraEnv": [{"value": "x"}]}},
+    "capability-not-linux": {"agent": {"capabilities": ["BPF", "NET_ADMN"]}},
+    "capability-made-up": {"agent": {"capabilities": ["ROOT"]}},
+    "cleanup-timeout-zero": {"operator": {"agentCleanupTimeoutSeconds": 0}},
+    "cleanup-timeout-not-integer": {"operator": {"agentCleanupTimeoutSeconds": "10m"}},
+    **NEW_REFUSALS,
 }
 
 
@@ -118,6 +140,45 @@ def test_values_violating_the_schema_are_refused(values: dict) -> None:
         chart.validate_schema(values)
     with pytest.raises(helm_python.HelmError):      # and rendering refuses them too
         chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize("values", NEW_REFUSALS.values(), ids=NEW_REFUSALS.keys())
+def test_strict_lint_refuses_them_too(values: dict) -> None:
+    assert any("values don't meet the specifications of the schema" in p for p in lint_problems(CHART, values))
+
+
+ALLOWED_VALUES = {
+    "env-value": {"agent": {"extraEnv": [{"name": "BCC_KERNEL_SOURCE", "value": "/usr/src/linux"}]}},
+    "env-valueFrom": {"agent": {"extraEnv": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}},
+    "env-name-only": {"operator": {"extraEnv": [{"name": "EMPTY"}]}},
+    "common-label-with-prefix": {"commonLabels": {"example.com/team": "net", "env": "prod"}},
+    "common-label-empty-value": {"commonLabels": {"team": ""}},
+    "other-kubernetes-io-label": {"commonLabels": {"kubernetes.io/managed": "x"}},
+}
+
+
+@pytest.mark.parametrize("values", ALLOWED_VALUES.values(), ids=ALLOWED_VALUES.keys())
+def test_the_refusals_are_narrow(values: dict) -> None:
+    """What the refusals above must not catch: one of value/valueFrom, other label keys."""
+    helm_python.Chart.load(CHART).validate_schema(values)
+    assert lint_problems(CHART, values) == []
+
+
+CAPABILITY_HEADER = Path("/usr/include/linux/capability.h")
+
+
+def test_capability_enum_is_the_kernels_list() -> None:
+    """agent.capabilities accepts exactly the Linux capability names (without CAP_), as the
+    kernel's UAPI header defines them; each one alone is accepted."""
+    if not CAPABILITY_HEADER.exists():
+        pytest.skip("no /usr/include/linux/capability.h (Debian: linux-libc-dev)")
+    kernel = re.findall(r"^#define CAP_([A-Z_]+)\s+[0-9]+\s*$", CAPABILITY_HEADER.read_text(), re.M)
+    assert len(kernel) >= 41
+    chart = helm_python.Chart.load(CHART)
+    enum = chart.schema["properties"]["agent"]["properties"]["capabilities"]["items"]["enum"]
+    assert sorted(enum) == sorted(kernel)
+    for name in kernel:
+        chart.validate_schema({"agent": {"capabilities": [name]}})
 
 
 def _object_schemas(node: dict, path: str = "$"):
@@ -261,7 +322,7 @@ def test_operator_deployment() -> None:
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
     (container,) = pod["containers"]
     assert container["command"] == ["kube-xdp-operator"]
-    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz"]
+    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--agent-cleanup-timeout=600"]
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz"
     assert {"name": "liveness", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
@@ -275,8 +336,23 @@ def test_operator_deployment() -> None:
 def test_operator_liveness_port_moves_everywhere() -> None:
     container = one(render({"operator": {"liveness": {"port": 9901}, "verbose": True}}),
                     "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["--liveness=http://0.0.0.0:9901/healthz", "--verbose"]
+    assert container["args"] == ["--liveness=http://0.0.0.0:9901/healthz", "--agent-cleanup-timeout=600", "--verbose"]
     assert container["ports"][0]["containerPort"] == 9901
+
+
+def test_operator_agent_cleanup_timeout_is_the_operators_flag(capsys) -> None:
+    """operator.agentCleanupTimeoutSeconds renders --agent-cleanup-timeout, a flag the
+    operator's own parser knows (tests/unit/test_dockerfile.py runs the CLI with the args)."""
+    container = one(render({"operator": {"agentCleanupTimeoutSeconds": 45}}),
+                    "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    flags = [a for a in container["args"] if a.startswith("--agent-cleanup-timeout")]
+    assert flags == ["--agent-cleanup-timeout=45"]
+    from kube_xdp_operator.__main__ import main
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0 and "--agent-cleanup-timeout" in capsys.readouterr().out
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["operator"]["agentCleanupTimeoutSeconds"] == 600      # the operator's own default
 
 
 def agent_pod(values: dict | None = None) -> dict:
@@ -403,10 +479,16 @@ def test_chart_commands_are_the_project_entry_points() -> None:
     assert scripts["kube-xdp-agent"] == "kube_xdp_agent.__main__:main"
 
 
+# The documented CRD upgrade (tests/e2e/test_chart.py shows why --force-conflicts).
+CRD_UPGRADE = "kubectl apply --server-side --force-conflicts -f crds/"
+
+
 def test_notes_tell_how_to_check_and_what_nodes_need() -> None:
     text = notes()
     for needle in ("rollout status deployment/kube-xdp-operator", "rollout status daemonset/kube-xdp-agent",
                    "kubectl get xdpprograms", "bpffs at /sys/fs/bpf", "/lib/modules/$(uname -r)/build",
-                   "kubectl apply --server-side -f crds/", "no kube-xdp image is\npublished"):
+                   CRD_UPGRADE, "--reset-then-reuse-values", "no kube-xdp image is\npublished"):
         assert needle in text, needle
+    assert "kubectl apply --server-side -f crds/" not in text     # conflicts with Helm's field manager
+    assert helm_python.Chart.load(CHART).metadata["annotations"]["kubexdp.io/crds-upgrade"] == CRD_UPGRADE
     assert "no kube-xdp image" not in notes({"image": {"repository": "registry.example.com/kube-xdp"}})
