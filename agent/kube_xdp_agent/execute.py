@@ -140,11 +140,27 @@ class Executor:
 
     def _takeover(self, action: Takeover) -> IfaceResult:
         """Atomic REPLACE of a program that is not ours: if the hook no longer holds
-        `action.prog_id`, the kernel refuses (HookBusy / AttachFailed) and nothing changes."""
+        `action.prog_id`, the kernel refuses (HookBusy / AttachFailed) and nothing changes.
+        In offload mode the replacement is the program built for the interface's device
+        (the kernel refuses a host program there); when it cannot be built, the hook is
+        left as it is: a Conflict saying why (a mode change could not be atomic)."""
         assert self.want is not None
-        with self.pins.open_prog_fd(self.program, self.want) as new, self.pins.open_prog_id(action.prog_id) as old:
+        digest, want_id = self.want, self.want_id
+        if action.mode == "offload" and self.offload_build is not None:
+            try:
+                digest, want_id = self.offload_build(action.interface)
+            except KernelError as e:
+                if not isinstance(e, AttachError) and e.reason != reasons.PROGRAM_NOT_OFFLOADABLE:
+                    raise
+                who = f"XdpProgram {action.owner}" if action.owner else "a program not managed by kube-xdp"
+                return IfaceResult(
+                    action.interface, False, reason=reasons.CONFLICT,
+                    message=f"{action.interface} runs XDP program id {action.prog_id} (offload mode) of {who}; "
+                            f"left untouched: taking it over atomically needs this program built for the device, "
+                            f"which failed ({e.reason}): {e}")
+        with self.pins.open_prog_fd(self.program, digest) as new, self.pins.open_prog_id(action.prog_id) as old:
             state = self.netlink.attach(action.interface, new.fd, action.mode, expected_prog_fd=old.fd)
-        res = self._verified(action.interface, state, action.mode, changed=True)
+        res = self._verified(action.interface, state, action.mode, changed=True, want_id=want_id)
         if res.ok:
             res.replaced = (action.prog_id, action.owner, action.why)
         return res

@@ -25,7 +25,10 @@ Per target interface (the program's wanted digest is `want`):
   attachment last reported the interface ready with its own program (`held`): a foreign
   program that replaced ours behind our back is drift, repaired.
 A takeover needing a mode the spec does not allow is a Conflict (a mode change cannot
-be atomic). Interfaces carrying this program but no longer targeted -> Detach.
+be atomic). A takeover in offload mode replaces with the program built for the
+interface's device (the kernel refuses a host program there); if it cannot be built the
+executor reports a Conflict and leaves the hook. Interfaces carrying this program but no
+longer targeted -> Detach.
 """
 
 from __future__ import annotations

@@ -335,3 +335,73 @@ def test_offload_failure_memory_is_per_interface_and_program():
     node.agent.reconcile(ATT)
     assert node.hook("eth1").attached is None
     assert not any(k[0] == PROG for k in node.agent._offload_failures)
+
+
+# --- 3. takeover / drift repair in offload mode uses the program built for the device -----
+PERCPU_SOURCE = ("BPF_PERCPU_ARRAY(hits, u64, 2);\n"
+                 "int xdp_pass(struct xdp_md *ctx) { return XDP_PASS + 0 * VERSION; }")
+
+
+def offload_node() -> Node:
+    node = Node(eth0_modes=("native", "generic", "offload"))
+    node.agent.sources[source_digest(PERCPU_SOURCE)] = PERCPU_SOURCE
+    return node
+
+
+def device_prog_ids(node: Node) -> set[int]:
+    return {pid for pid, dev in node.agent.builder.device_bound.items() if dev == "eth0"}
+
+
+def test_takeover_in_offload_mode_replaces_atomically_with_the_device_program():
+    node = offload_node()
+    foreign = node.kernel.attach_foreign("eth0", "offload", netns=NETNS)
+    node.create(mode="offload", fallback=("native",), takeOver=True)
+    log = HookLog(node)
+    node.reconcile()
+    assert log.calls == [("replace", "eth0", "offload")]            # atomic, in the foreign's mode
+    hw = node.hook().hw_prog_id
+    assert hw != foreign and hw in device_prog_ids(node)
+    entry = node.entry()
+    assert entry["ready"] and entry["mode"] == "offload" and entry["progId"] == hw
+    # the status names the device program's pin (its maps), not the host program's
+    assert {p.prog_id: p.prog_path for p in node.agent.pins.open_pinned(PROG)}[hw] == entry["pinPath"]
+    assert host_digest(node, "1") not in entry["pinPath"]
+    assert node.api.event_reasons() == [reasons.TOOK_OVER]
+    log.calls.clear()
+    node.reconcile()                                                  # resync: kept
+    assert log.calls == [] and node.hook().hw_prog_id == hw
+
+
+def test_drift_in_offload_mode_is_repaired_atomically_with_the_device_program():
+    node = offload_node()
+    node.create(mode="offload", fallback=())
+    node.reconcile()
+    ours = node.hook().hw_prog_id
+    assert ours in device_prog_ids(node) and node.entry()["ready"]
+    # behind our back: ours detached, a foreign program offloaded in its place
+    digest = next(p.digest12 for p in node.agent.pins.open_pinned(PROG) if p.prog_id == ours)
+    with node.agent.pins.open_prog_fd(PROG, digest) as fd:
+        node.kernel.netlink(NETNS).detach("eth0", "offload", expected_prog_fd=fd.fd)
+    foreign = node.kernel.attach_foreign("eth0", "offload", netns=NETNS)
+    log = HookLog(node)
+    node.reconcile()
+    assert log.calls == [("replace", "eth0", "offload")]
+    assert node.hook().hw_prog_id == ours and node.entry()["ready"]
+    assert node.api.event_reasons() == [reasons.DRIFT_REPAIRED]
+    assert str(foreign) in node.api.events[-1]["message"]
+
+
+def test_takeover_in_offload_mode_of_a_program_that_cannot_be_offloaded_is_a_conflict():
+    node = offload_node()
+    foreign = node.kernel.attach_foreign("eth0", "offload", netns=NETNS)
+    node.create(mode="offload", fallback=("native",), takeOver=True)
+    node.api.objects[ATT]["spec"]["sourceDigest"] = source_digest(PERCPU_SOURCE)
+    node.agent.cache[ATT]["spec"]["sourceDigest"] = source_digest(PERCPU_SOURCE)
+    log = HookLog(node)
+    st = node.reconcile()
+    assert log.calls == [] and node.hook().hw_prog_id == foreign     # untouched
+    entry = node.entry()
+    assert not entry["ready"] and entry["reason"] == reasons.CONFLICT
+    assert str(foreign) in entry["message"] and "offload" in entry["message"]
+    assert "hits" in entry["message"] and "per-CPU" in entry["message"]
+    assert st["reason"] == reasons.CONFLICT
