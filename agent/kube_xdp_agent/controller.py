@@ -414,10 +414,12 @@ class Agent:
         to build never disturbs the running one): reported, not ready, with the cause."""
         out = []
         for hook in observed.hooks.values():
-            owner = observed.owner(hook.prog_id)
-            if owner and owner[0] == program:
-                out.append(IfaceResult(hook.interface, False, hook.mode, hook.prog_id, reason=reason,
-                                       message=f"the previous version (pin {owner[1]}) stays attached until the new one builds"))
+            for prog_id, mode in hook.slots():
+                owner = observed.owner(prog_id)
+                if owner and owner[0] == program:
+                    out.append(IfaceResult(hook.interface, False, mode, prog_id, reason=reason,
+                                           message=f"the previous version (pin {owner[1]}) stays attached until the new one builds"))
+                    break
         return out
 
     def _source(self, d: Desired) -> str:
@@ -446,7 +448,8 @@ class Agent:
         outcome = Executor(self.netlink, self.pins, program=program).run(
             plan_cleanup(program=program, observed=observe(self.netlink, self.pins)))
         left = observe(self.netlink, self.pins)
-        still = [h.interface for h in left.hooks.values() if (left.owner(h.prog_id) or ("",))[0] == program]
+        still = [h.interface for h in left.hooks.values()
+                 if any((left.owner(pid) or ("",))[0] == program for pid, _ in h.slots())]
         if still or program in left.pins or outcome.errors:
             message = f"still attached on {', '.join(still)}" if still else "; ".join(m for _, m in outcome.errors)
             log.warning("%s: cleanup incomplete (%s); retrying", att["metadata"]["name"], message or "pins remain")

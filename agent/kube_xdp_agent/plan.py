@@ -39,9 +39,21 @@ from collections.abc import Mapping
 
 @dataclasses.dataclass(frozen=True)
 class Hook:
+    """One interface's XDP hook as read back: the occupant (`prog_id`, `mode`; native or
+    generic first), and `offloaded`, the program in the offload slot when another one sits
+    in native or generic beside it (the kernel allows both at once: 'xdpmulti'). A program
+    offloaded alone is the occupant."""
     interface: str
     prog_id: int | None
     mode: str | None          # 'native' | 'generic' | 'offload' | None, read back
+    offloaded: int | None = None
+
+    def slots(self) -> list[tuple[int, str]]:
+        """Every (prog id, mode) on the hook: the occupant, then an offloaded one beside it."""
+        out = [(self.prog_id, self.mode)] if self.prog_id and self.mode else []
+        if self.offloaded and self.mode != "offload":
+            out.append((self.offloaded, "offload"))
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,33 +176,56 @@ def plan_attach(*, program: str, want: str, targets: list[str], modes: tuple[str
     offloaded = offloaded or {}
     actions: list[Action] = []
     for name in targets:
-        hook = observed.hooks.get(name) or Hook(name, None, None)
-        owner = observed.owner(hook.prog_id)
-        if hook.prog_id is None:
-            actions.append(Attach(name, modes))
-        elif hook.mode == "offload" and owner is not None and owner[0] == program:
-            if "offload" in modes and owner[1] == offloaded.get(name):
-                actions.append(Keep(name, hook.prog_id, "offload"))
-            else:
-                actions.append(Reattach(name, owner[1], "offload", modes))
-        elif owner == (program, want) and hook.prog_id == want_id:
-            if hook.mode in modes and (hook.mode == modes[0] or settled is None or name in settled):
-                actions.append(Keep(name, hook.prog_id, hook.mode))
-            else:
-                actions.append(Reattach(name, want, hook.mode, modes))
-        elif owner is not None and owner[0] == program:
-            if hook.mode in modes:
-                actions.append(Replace(name, owner[1], hook.mode))
-            else:
-                actions.append(Reattach(name, owner[1], hook.mode, modes))
-        else:
-            actions.append(_contest(name, hook, owner[0] if owner else None, modes, rank, rivals or {},
-                                    take_over, name in held))
+        hook, extra = _slot_to_plan(observed.hooks.get(name) or Hook(name, None, None), observed, program, modes)
+        actions.append(_plan_target(name, hook, program=program, want=want, want_id=want_id, modes=modes,
+                                    observed=observed, rank=rank, rivals=rivals, take_over=take_over, held=held,
+                                    offloaded=offloaded, settled=settled))
+        actions += [Detach(name, observed.owner(pid)[1], mode) for pid, mode in extra]
     for name, hook in sorted(observed.hooks.items()):
-        owner = observed.owner(hook.prog_id)
-        if name not in targets and owner is not None and owner[0] == program:
-            actions.append(Detach(name, owner[1], hook.mode))
+        if name not in targets:
+            actions += [Detach(name, observed.owner(pid)[1], mode) for pid, mode in _own_slots(hook, observed, program)]
     return actions
+
+
+def _own_slots(hook: Hook, observed: Observed, program: str) -> list[tuple[int, str]]:
+    return [(pid, mode) for pid, mode in hook.slots() if (observed.owner(pid) or ("",))[0] == program]
+
+
+def _slot_to_plan(hook: Hook, observed: Observed, program: str,
+                  modes: tuple[str, ...]) -> tuple[Hook, list[tuple[int, str]]]:
+    """The one slot of an interface's hook to plan this program on, and this program's
+    other slots there (to detach: one program, one mode per interface). This program's
+    slot if it has one (in both: the earlier of `modes`), else the occupant."""
+    ours = _own_slots(hook, observed, program)
+    if not ours:
+        return Hook(hook.interface, hook.prog_id, hook.mode), []
+    rank = {m: i for i, m in enumerate(modes)}
+    ours.sort(key=lambda slot: rank.get(slot[1], len(modes)))     # stable: the occupant first on a tie
+    pid, mode = ours[0]
+    return Hook(hook.interface, pid, mode), ours[1:]
+
+
+def _plan_target(name: str, hook: Hook, *, program: str, want: str, want_id: int | None,
+                 modes: tuple[str, ...], observed: Observed, rank: Rank | None, rivals: Mapping[str, Rank] | None,
+                 take_over: bool, held: frozenset[str] | set[str], offloaded: Mapping[str, str],
+                 settled: frozenset[str] | set[str] | None) -> Action:
+    """The action for one target interface, planned on one slot of its hook."""
+    owner = observed.owner(hook.prog_id)
+    if hook.prog_id is None:
+        return Attach(name, modes)
+    if hook.mode == "offload" and owner is not None and owner[0] == program:
+        if "offload" in modes and owner[1] == offloaded.get(name):
+            return Keep(name, hook.prog_id, "offload")
+        return Reattach(name, owner[1], "offload", modes)
+    if owner == (program, want) and hook.prog_id == want_id:
+        if hook.mode in modes and (hook.mode == modes[0] or settled is None or name in settled):
+            return Keep(name, hook.prog_id, hook.mode)
+        return Reattach(name, want, hook.mode, modes)
+    if owner is not None and owner[0] == program:
+        if hook.mode in modes:
+            return Replace(name, owner[1], hook.mode)
+        return Reattach(name, owner[1], hook.mode, modes)
+    return _contest(name, hook, owner[0] if owner else None, modes, rank, rivals or {}, take_over, name in held)
 
 
 def _contest(name: str, hook: Hook, other: str | None, modes: tuple[str, ...], rank: Rank | None,
@@ -221,7 +256,7 @@ def plan_repin(*, program: str, recorded: Mapping[int, str], observed: Observed)
     for `program` (its own status) to their digest. A recorded program still attached to a
     hook of this node but no longer pinned is re-pinned (with its maps, contents intact)
     before anything else is planned, so it is recognised as ours again."""
-    attached = {h.prog_id for h in observed.hooks.values() if h.prog_id}
+    attached = {pid for h in observed.hooks.values() for pid, _ in h.slots()}
     pinned = set(observed.pins.get(program, {}).values())
     taken = {d for d in observed.pins.get(program, {})}
     return [Repin(program, digest, prog_id) for prog_id, digest in sorted(recorded.items())
@@ -234,9 +269,7 @@ def plan_cleanup(*, program: str, observed: Observed) -> list[Action]:
     is attached (only where the hook holds one of its pinned programs), then unpin."""
     actions: list[Action] = []
     for name, hook in sorted(observed.hooks.items()):
-        owner = observed.owner(hook.prog_id)
-        if owner is not None and owner[0] == program:
-            actions.append(Detach(name, owner[1], hook.mode))
+        actions += [Detach(name, observed.owner(pid)[1], mode) for pid, mode in _own_slots(hook, observed, program)]
     if program in observed.pins:
         actions.append(Unpin(program, None))
     return actions
@@ -244,6 +277,6 @@ def plan_cleanup(*, program: str, observed: Observed) -> list[Action]:
 
 def plan_gc(*, program: str, keep: str | None, observed: Observed) -> list[Action]:
     """Unpin the program's digests that are neither `keep` nor attached anywhere."""
-    attached = {observed.owner(h.prog_id) for h in observed.hooks.values()}
+    attached = {observed.owner(pid) for h in observed.hooks.values() for pid, _ in h.slots()}
     return [Unpin(program, digest) for digest in sorted(observed.pins.get(program, {}))
             if digest != keep and (program, digest) not in attached]

@@ -405,3 +405,25 @@ def test_takeover_in_offload_mode_of_a_program_that_cannot_be_offloaded_is_a_con
     assert str(foreign) in entry["message"] and "offload" in entry["message"]
     assert "hits" in entry["message"] and "per-CPU" in entry["message"]
     assert st["reason"] == reasons.CONFLICT
+
+
+# --- 4. an offloaded program beside a native one is seen, and cleaned up ------------------
+def test_deletion_detaches_our_offloaded_program_beside_a_foreign_native_one():
+    node = offload_node()
+    node.create(mode="offload", fallback=())
+    node.reconcile()
+    ours = node.hook().hw_prog_id
+    assert ours in device_prog_ids(node)
+    foreign = node.kernel.attach_foreign("eth0", "native", netns=NETNS)
+    assert node.hook().attached == "multi"
+    node.reconcile()                                   # resync: ours kept, the foreign one left
+    assert node.hook().hw_prog_id == ours and node.entry()["ready"] and node.entry()["mode"] == "offload"
+    obj = node.api.objects[ATT]
+    obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:05:00Z"
+    node.agent.cache[ATT] = copy.deepcopy(obj)
+    node.agent.reconcile(ATT)
+    state = node.hook()
+    assert state.hw_prog_id is None and state.drv_prog_id == foreign
+    assert node.agent.pins.list_programs() == {}
+    assert not node.kernel.prog_exists(ours)
+    assert names.FINALIZER_AGENT not in node.api.objects[ATT]["metadata"]["finalizers"]

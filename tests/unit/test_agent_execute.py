@@ -367,3 +367,34 @@ def test_a_wrong_expected_program_id_is_a_failure(node):
     [r] = executor.run([Attach("eth0", BOTH)]).interfaces
     assert (r.ok, r.reason) == (False, "AttachFailed")
     assert "expected 12345" in r.message
+
+
+# --- a native program and an offloaded one on one interface ('xdpmulti') --------------------
+@pytest.fixture
+def offload_node() -> Node:
+    node = Node()
+    node.kernel.add_interface("eth3", netns=NETNS, modes=("native", "generic", "offload"))
+    return node
+
+
+def test_observe_sees_an_offloaded_program_beside_a_native_one(offload_node):
+    node = offload_node
+    ours = node.pin(PROG, NEW, "2")
+    node.put("eth3", PROG, NEW, "offload")
+    foreign = node.kernel.attach_foreign("eth3", "native", netns=NETNS)
+    assert node.netlink.read_xdp("eth3").attached == "multi"
+    assert observe(node.netlink, node.pins).hooks["eth3"] == Hook("eth3", foreign, "native", ours)
+    node.take_off("eth3", PROG, NEW, "offload")
+    assert observe(node.netlink, node.pins).hooks["eth3"] == Hook("eth3", foreign, "native")
+
+
+def test_cleanup_detaches_our_offloaded_program_beside_a_foreign_native_one(offload_node):
+    node = offload_node
+    node.pin(PROG, NEW, "2")
+    node.put("eth3", PROG, NEW, "offload")
+    foreign = node.kernel.attach_foreign("eth3", "native", netns=NETNS)
+    outcome = node.executor().run(plan_cleanup(program=PROG, observed=observe(node.netlink, node.pins)))
+    assert outcome.detached == ["eth3"] and outcome.errors == []
+    state = node.netlink.read_xdp("eth3")
+    assert state.hw_prog_id is None and state.drv_prog_id == foreign      # the foreign one untouched
+    assert node.pinned_digests() == []

@@ -190,3 +190,69 @@ def test_preferred_mode_is_kept_whatever_settled_says():
     actions = plan_attach(program=PROG, want=NEW, targets=["eth0"], modes=BOTH,
                           observed=observed({"eth0": (NEW_ID, "native")}), settled=frozenset())
     assert actions == [Keep("eth0", NEW_ID, "native")]
+
+
+# --- a native/generic program and an offloaded one on one interface ('xdpmulti') ------------
+OFF_ID, OFF = 13, "eeeeeeeeeeee"          # this program built for eth0's device, offloaded
+MULTI_PINS = {PROG: {OLD: OLD_ID, NEW: NEW_ID, OFF: OFF_ID}, OTHER: {OTHER_DIGEST: OTHER_ID}}
+
+
+def multi(occupant: tuple[int | None, str | None], offloaded: int | None, pins=MULTI_PINS) -> Observed:
+    return Observed(hooks={"eth0": Hook("eth0", occupant[0], occupant[1], offloaded),
+                           "eth1": Hook("eth1", None, None)}, primary="eth0", pins=pins)
+
+
+def test_hook_slots_list_the_occupant_then_the_offloaded_one():
+    assert Hook("eth0", FOREIGN_ID, "native", OFF_ID).slots() == [(FOREIGN_ID, "native"), (OFF_ID, "offload")]
+    assert Hook("eth0", OFF_ID, "offload").slots() == [(OFF_ID, "offload")]
+    assert Hook("eth0", None, None).slots() == []
+
+
+@pytest.mark.parametrize("occupant", [(FOREIGN_ID, "native"), (OTHER_ID, "generic")], ids=["foreign", "other"])
+def test_cleanup_detaches_our_offloaded_program_beside_another(occupant):
+    actions = plan_cleanup(program=PROG, observed=multi(occupant, OFF_ID))
+    assert actions == [Detach("eth0", OFF, "offload"), Unpin(PROG, None)]
+
+
+def test_cleanup_detaches_ours_in_both_slots():
+    actions = plan_cleanup(program=PROG, observed=multi((NEW_ID, "native"), OFF_ID))
+    assert actions == [Detach("eth0", NEW, "native"), Detach("eth0", OFF, "offload"), Unpin(PROG, None)]
+
+
+def test_cleanup_leaves_another_programs_offloaded_one():
+    pins = {**MULTI_PINS, OTHER: {OTHER_DIGEST: OTHER_ID, "ffffffffffff": 30}}
+    actions = plan_cleanup(program=PROG, observed=multi((NEW_ID, "native"), 30, pins=pins))
+    assert actions == [Detach("eth0", NEW, "native"), Unpin(PROG, None)]
+
+
+def test_our_offloaded_program_beside_a_foreign_native_one_is_kept():
+    actions = plan_attach(program=PROG, want=NEW, targets=["eth0"], modes=("offload", "native"),
+                          observed=multi((FOREIGN_ID, "native"), OFF_ID), offloaded={"eth0": OFF})
+    assert actions == [Keep("eth0", OFF_ID, "offload")]
+
+
+def test_our_offloaded_program_beside_another_on_an_untargeted_interface_is_detached():
+    actions = plan_attach(program=PROG, want=NEW, targets=["eth1"], modes=("offload", "native"),
+                          observed=multi((FOREIGN_ID, "native"), OFF_ID), offloaded={"eth1": "999999999999"})
+    assert actions == [Attach("eth1", ("offload", "native")), Detach("eth0", OFF, "offload")]
+
+
+def test_ours_in_both_slots_keeps_the_preferred_and_detaches_the_other():
+    actions = plan_attach(program=PROG, want=NEW, targets=["eth0"], modes=("offload", "native"),
+                          observed=multi((NEW_ID, "native"), OFF_ID), offloaded={"eth0": OFF})
+    assert actions == [Keep("eth0", OFF_ID, "offload"), Detach("eth0", NEW, "native")]
+    actions = plan_attach(program=PROG, want=NEW, targets=["eth0"], modes=BOTH,
+                          observed=multi((NEW_ID, "native"), OFF_ID), offloaded={})
+    assert actions == [Keep("eth0", NEW_ID, "native"), Detach("eth0", OFF, "offload")]
+
+
+def test_ours_native_beside_another_offloaded_program_is_planned_as_before():
+    pins = {**MULTI_PINS, OTHER: {OTHER_DIGEST: OTHER_ID, "ffffffffffff": 30}}
+    actions = plan_attach(program=PROG, want=NEW, targets=["eth0"], modes=BOTH,
+                          observed=multi((OLD_ID, "native"), 30, pins=pins))
+    assert actions == [Replace("eth0", OLD, "native")]
+
+
+def test_gc_keeps_a_digest_attached_in_the_offload_slot():
+    actions = plan_gc(program=PROG, keep=NEW, observed=multi((FOREIGN_ID, "native"), OFF_ID))
+    assert actions == [Unpin(PROG, OLD)]
