@@ -2,7 +2,7 @@
 -- Install as resource.customizations.health.kubexdp.io_XdpProgram in argocd-cm
 -- (deploy/argocd/README.md). Reads the same fields as kstatus (Flux, kpt), in the
 -- same order, so Argo CD and Flux agree on every state:
---   deletionTimestamp                  -> Progressing (being deleted)
+--   deletionTimestamp                  -> Progressing (being deleted; see below)
 --   no status / observedGeneration     -> Progressing (the operator has not seen
 --     missing or != metadata.generation    this generation yet)
 --   Reconciling=True                   -> Progressing
@@ -11,6 +11,11 @@
 --   Ready=True                         -> Healthy
 --   anything else                      -> Progressing
 -- Conditions and reasons: docs/api.md.
+-- Objects being deleted: Argo CD releases whose health code returns Progressing /
+-- "Pending deletion" for any object with a deletionTimestamp never run this script for
+-- them (gitops-engine's GetResourceHealth checks that before any custom check). Later
+-- releases (argo-cd PR #27596) run it and keep the status Progressing, using the
+-- message. The deletion branch below serves those, with the operator's Deleting message.
 local hs = {}
 
 local function condition(conditions, wanted)

@@ -166,6 +166,18 @@ def test_argo_cd_and_kstatus_agree(name: str) -> None:
     assert run_health(obj)["status"] == ARGO_FOR_KSTATUS[cond.kstatus(obj)]
 
 
+@pytest.mark.parametrize("name", [n for n in STATES if not n.startswith("deleting")])
+def test_any_state_being_deleted_is_progressing(name: str) -> None:
+    """Argo CD releases that short-circuit deletion say Progressing ("Pending deletion")
+    without running the script; releases that run it keep Progressing too. The script
+    must agree whatever status the program had (a stalled program being deleted is not
+    Degraded), so the verdict is the same with either kind of release."""
+    obj = STATES[name][0]()
+    obj["metadata"]["deletionTimestamp"] = T1
+    assert run_health(obj)["status"] == "Progressing"
+    assert cond.kstatus(obj) == cond.TERMINATING
+
+
 def test_real_status_shape_is_used() -> None:
     """Guard against the builders drifting from the operator: the statuses carry every
     key the check reads, with the condition types it looks for."""
