@@ -36,6 +36,8 @@ def test_apiserver_outage_datapath_unaffected_and_everything_converges(fx, frig,
     fx.wait_ready("kxf-steady")
     fx.wait_ready("kxf-updated")
     steady_id = fx.iface_status("kxf-steady", "node-2", "eth0")["progId"]
+    steady_n3 = fx.iface_status("kxf-steady", "node-3", "eth0")["progId"]
+    assert kernel_xdp(n3.netns, "eth0") == ("native", steady_n3)
     old_eth1 = {n: kernel_xdp(frig.node(n).netns, "eth1")[1] for n in ("node-1", "node-2")}
     counter = Counter(steady_id)
     names = ["operator"] + [workloads.agent_name(n.name) for n in frig.nodes]
@@ -83,7 +85,8 @@ def test_apiserver_outage_datapath_unaffected_and_everything_converges(fx, frig,
 
     assert bad == 0, (result, counted)
     assert {name: fx.pid(name) for name in names} == pids          # nobody was restarted
-    assert kernel_xdp(n3.netns, "eth0") == ("native", repaired_id)
+    # the drift was repaired with the same pinned program, and it is still there
+    assert repaired_id == steady_n3 and kernel_xdp(n3.netns, "eth0") == ("native", steady_n3)
     # the changes applied just before the outage were not lost
     assert fx.get("kxf-updated")["status"]["observedGeneration"] == fx.get("kxf-updated")["metadata"]["generation"] == 2
     late = fx.attachments("kxf-late")
