@@ -4,11 +4,21 @@ accepted. The rig has no kubelet, so no pod runs: the objects are what is checke
 
 The release gets a name and namespace of its own (kxc / kxc-chart), so its objects never
 collide with the kube-xdp/kube-xdp-* identities other tests bind on the same rig.
+
+Helm installs crds/ only when they do not exist: in a session where another test applied
+the CRDs first (the kube-xdp deployment fixture does), Helm skips them. The install test
+says which happened; the CRD-upgrade test below makes Helm create CRDs of its own (the
+chart's CRDs renamed into a test API group, so the real ones, and the programs other
+tests run, are never touched).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import kubernetes
@@ -43,10 +53,30 @@ def helm(rig):
     config.close()
 
 
+def crd_versions(client, names: list[str]) -> dict[str, str | None]:
+    """resourceVersion of each CRD, None where it does not exist."""
+    ext = kubernetes.client.ApiextensionsV1Api(client)
+    out = {}
+    for name in names:
+        try:
+            out[name] = ext.read_custom_resource_definition(name).metadata.resource_version
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            out[name] = None
+    return out
+
+
 @pytest.fixture(scope="module")
 def installed(helm, rig):
+    """The release, and which of the chart's CRDs existed (resourceVersion) before it."""
+    client = api_client(rig)
+    try:
+        before = crd_versions(client, [c["metadata"]["name"] for c in schema.all_crds()])
+    finally:
+        client.close()
     release = helm.install(str(CHART), RELEASE, {}, namespace=NAMESPACE, create_namespace=True, timeout=60)
-    return release
+    return {"release": release, "crds_before": before}
 
 
 def test_install_is_deployed(installed, helm) -> None:
@@ -54,12 +84,17 @@ def test_install_is_deployed(installed, helm) -> None:
     assert status["status"] == "deployed" and status["revision"] == 1
 
 
-def test_install_created_the_crds_and_they_are_established(installed, admin) -> None:
+def test_install_leaves_the_crds_established_and_skips_existing_ones(installed, admin) -> None:
+    """After the install every CRD is there and Established: Helm created the ones that
+    were missing and left the existing ones untouched (same resourceVersion)."""
     ext = kubernetes.client.ApiextensionsV1Api(admin)
     for crd in schema.all_crds():
-        stored = ext.read_custom_resource_definition(crd["metadata"]["name"])
+        name = crd["metadata"]["name"]
+        stored = ext.read_custom_resource_definition(name)
         assert any(c.type == "Established" and c.status == "True" for c in stored.status.conditions)
         assert stored.spec.names.kind == crd["spec"]["names"]["kind"]
+        if installed["crds_before"][name] is not None:
+            assert stored.metadata.resource_version == installed["crds_before"][name], f"Helm changed {name}"
 
 
 def test_api_server_accepted_the_operator_deployment(installed, admin) -> None:
@@ -67,7 +102,7 @@ def test_api_server_accepted_the_operator_deployment(installed, admin) -> None:
     assert dep.spec.replicas == 1 and dep.spec.strategy.type == "Recreate"
     container = dep.spec.template.spec.containers[0]
     assert container.command == ["kube-xdp-operator"]
-    assert container.args == ["--liveness=http://0.0.0.0:8080/healthz"]
+    assert container.args == ["--liveness=http://0.0.0.0:8080/healthz", "--agent-cleanup-timeout=600"]
     assert container.liveness_probe.http_get.path == "/healthz"
     assert container.liveness_probe.http_get.port == "liveness"
     assert dep.spec.template.spec.service_account_name == f"{FULLNAME}-operator"
@@ -199,3 +234,138 @@ def test_uninstall_removes_the_release_but_keeps_the_crds(installed, helm, rig) 
         assert ext.read_custom_resource_definition("xdpprograms.kubexdp.io").metadata.name
     finally:
         admin.close()
+
+
+# --- upgrading CRDs after a Helm install ----------------------------------------------------
+KUBECTL = shutil.which("kubectl")
+TEST_GROUP = "crdtest.kubexdp.io"
+CRD_RELEASE, CRD_NAMESPACE = "kxcrd", "kxc-crd"
+
+
+def _renamed(crd: dict) -> dict:
+    """The CRD as the chart ships it, in TEST_GROUP (same schema, another name)."""
+    crd = copy.deepcopy(crd)
+    crd["spec"]["group"] = TEST_GROUP
+    crd["metadata"]["name"] = f"{crd['spec']['names']['plural']}.{TEST_GROUP}"
+    return crd
+
+
+def _write_crds(directory: Path, crds: list[dict]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for crd in crds:
+        (directory / f"{crd['metadata']['name']}.yaml").write_text(yaml.safe_dump(crd, sort_keys=False))
+
+
+def _kubectl(rig, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([KUBECTL, "--kubeconfig", rig.kubeconfig, *args], capture_output=True, text=True, timeout=60)
+
+
+def _established(ext, name: str, timeout: float = 30) -> kubernetes.client.V1CustomResourceDefinition:
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = ext.read_custom_resource_definition(name)
+        if any(c.type == "Established" and c.status == "True" for c in stored.status.conditions or []):
+            return stored
+        assert time.monotonic() < deadline, f"{name} not Established after {timeout}s"
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="no kubectl binary on PATH (Debian: apt-get install kubernetes-client)")
+def test_crd_upgrade_after_a_helm_install_needs_force_conflicts(rig, admin, tmp_path: Path) -> None:
+    """The documented CRD upgrade, against CRDs Helm created: `kubectl apply --server-side`
+    of a changed CRD is refused as a conflict with Helm's field manager (Helm owns every
+    field it set at install); `--force-conflicts` takes the fields over and applies it.
+    The chart is the real one with its CRDs renamed into TEST_GROUP, so Helm creates them
+    here whatever else the session installed."""
+    chart = tmp_path / "kube-xdp"
+    shutil.copytree(CHART, chart)
+    shutil.rmtree(chart / "crds")
+    shipped = [_renamed(yaml.safe_load(p.read_text())) for p in sorted((CHART / "crds").glob("*.yaml"))]
+    _write_crds(chart / "crds", shipped)
+    names = [c["metadata"]["name"] for c in shipped]
+    ext = kubernetes.client.ApiextensionsV1Api(admin)
+    assert set(crd_versions(admin, names).values()) == {None}, "left over from an earlier run"
+    config = helm_python.Config(kubeconfig_path=rig.kubeconfig, namespace=CRD_NAMESPACE)
+    try:
+        config.install(str(chart), CRD_RELEASE, {}, namespace=CRD_NAMESPACE, create_namespace=True, timeout=60)
+        program = next(n for n in names if n.startswith("xdpprograms."))
+        stored = _established(ext, program)
+        helm_managers = {m.manager for m in stored.metadata.managed_fields if not m.manager.startswith("kube-apiserver")}
+        assert len(helm_managers) == 1 and "kubectl" not in helm_managers, helm_managers
+        (helm_manager,) = helm_managers        # "helm" for the helm CLI; here the SDK's process name
+
+        # the same CRDs again: no conflict (equal values are co-owned)
+        same = _kubectl(rig, "apply", "--server-side", "-f", str(chart / "crds"))
+        assert same.returncode == 0, same.stderr
+
+        # the next version's CRD: one more field in the program's spec
+        changed = copy.deepcopy(shipped)
+        crd = next(c for c in changed if c["metadata"]["name"] == program)
+        spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        spec_schema["properties"]["addedInNextVersion"] = {"type": "string", "description": "new in the next version"}
+        _write_crds(tmp_path / "next-crds", changed)
+
+        refused = _kubectl(rig, "apply", "--server-side", "-f", str(tmp_path / "next-crds"))
+        assert refused.returncode != 0
+        assert f'conflict with "{helm_manager}"' in refused.stderr and ".spec.versions" in refused.stderr, refused.stderr
+        unchanged = ext.read_custom_resource_definition(program)
+        assert "addedInNextVersion" not in json.dumps(admin.sanitize_for_serialization(unchanged.spec))
+
+        forced = _kubectl(rig, "apply", "--server-side", "--force-conflicts", "-f", str(tmp_path / "next-crds"))
+        assert forced.returncode == 0, forced.stderr
+        upgraded = ext.read_custom_resource_definition(program)
+        props = upgraded.spec.versions[0].schema.open_apiv3_schema.properties["spec"].properties
+        assert "addedInNextVersion" in props
+        assert "kubectl" in {m.manager for m in upgraded.metadata.managed_fields if m.operation == "Apply"}
+    finally:
+        config.uninstall(CRD_RELEASE, ignore_not_found=True, timeout=60)
+        config.close()
+        for name in names:
+            try:
+                ext.delete_custom_resource_definition(name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+
+# --- upgrading the release's values -----------------------------------------------------------
+VALUES_RELEASE, VALUES_NAMESPACE = "kxv", "kxv-chart"
+
+
+def test_reuse_values_breaks_an_upgrade_that_adds_a_values_key(rig, admin, tmp_path: Path) -> None:
+    """Why docs/install.md says `-f my-values.yaml` (or --reset-then-reuse-values), never
+    --reuse-values: --reuse-values takes the previous release's values *instead of* the new
+    chart's values.yaml, so a key the new chart adds is missing, and values.schema.json
+    (which requires every key) refuses the upgrade. The same upgrade with the chart's own
+    defaults plus the user's values (--reset-values -f my-values.yaml) passes.
+    (--reset-then-reuse-values, Helm 3.14+, is not exposed by helm-python-sdk.)"""
+    mine = {"agent": {"verbose": True}}                    # my-values.yaml
+    nxt = tmp_path / "kube-xdp"
+    shutil.copytree(CHART, nxt)
+    (nxt / "values.yaml").write_text((nxt / "values.yaml").read_text()
+                                     + "\n# -- A key the next chart version adds.\naddedInNextVersion: 1\n")
+    chart_schema = json.loads((nxt / "values.schema.json").read_text())
+    chart_schema["properties"]["addedInNextVersion"] = {"type": "integer", "description": "new in the next version"}
+    chart_schema["required"].append("addedInNextVersion")
+    (nxt / "values.schema.json").write_text(json.dumps(chart_schema, indent=2))
+    config = helm_python.Config(kubeconfig_path=rig.kubeconfig, namespace=VALUES_NAMESPACE)
+    try:
+        config.install(str(CHART), VALUES_RELEASE, mine, namespace=VALUES_NAMESPACE, create_namespace=True, timeout=60)
+        # reusing values with the same chart works
+        same = config.upgrade(str(CHART), VALUES_RELEASE, {}, namespace=VALUES_NAMESPACE, reuse_values=True, timeout=60)
+        assert same["revision"] == 2
+        # with the next chart it is refused before anything reaches the cluster
+        with pytest.raises(helm_python.HelmError) as refused:
+            config.upgrade(str(nxt), VALUES_RELEASE, {}, namespace=VALUES_NAMESPACE, reuse_values=True, timeout=60)
+        assert "addedInNextVersion" in str(refused.value)
+        assert config.status(VALUES_RELEASE)["revision"] == 2
+        # the chart's defaults plus my values file: passes, and keeps my values
+        upgraded = config.upgrade(str(nxt), VALUES_RELEASE, mine, namespace=VALUES_NAMESPACE, reset_values=True,
+                                  timeout=60)
+        assert upgraded["revision"] == 3 and config.status(VALUES_RELEASE)["status"] == "deployed"
+        ds = kubernetes.client.AppsV1Api(admin).read_namespaced_daemon_set(f"{VALUES_RELEASE}-kube-xdp-agent",
+                                                                           VALUES_NAMESPACE)
+        assert "--verbose" in ds.spec.template.spec.containers[0].args
+    finally:
+        config.uninstall(VALUES_RELEASE, ignore_not_found=True, timeout=60)
+        config.close()
