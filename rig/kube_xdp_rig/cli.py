@@ -104,12 +104,12 @@ def teardown_hint(instance: str) -> str:
     return f"{Path(sys.executable).parent / 'python'} -m kube_xdp_rig --instance {instance} down"
 
 
-def error_line(command: str, exc: BaseException, instance: str) -> str:
+def error_line(command: str, exc: BaseException, instance: str, state_root: Path | None = None) -> str:
     """One line for an unexpected failure: what failed, where the logs are, what to do.
     The traceback goes to <state root>/<instance>.failed-logs/traceback.txt."""
     from kubernetes.client.rest import ApiException
 
-    cfg = RigConfig(instance=instance)
+    cfg = RigConfig(instance=instance, **({"state_root": state_root} if state_root else {}))
     what = f"'{command}' failed"
     if isinstance(exc, FileNotFoundError) and exc.filename:
         cause = f"command or file not found: {exc.filename} (install what is missing: make deps)"
