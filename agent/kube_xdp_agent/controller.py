@@ -107,6 +107,10 @@ class Agent:
         # rebuilt on every resync (a bcc worker each time); a new key or a recreated
         # interface (new ifindex) tries again, and so does a restarted agent, once.
         self._offload_failures: dict[tuple[str, str], tuple[str, int, KernelError]] = {}
+        # program -> compile key -> status.compile of the pinned programs this process
+        # compiled or adopted (worker thread only): stable across resyncs, so an unchanged
+        # reconcile writes nothing, and true to this process after a restart.
+        self._compiled: dict[str, dict[str, dict]] = {}
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> None:
@@ -273,7 +277,6 @@ class Agent:
                             f"pins of {program} were removed behind kube-xdp's back; re-pinned {', '.join(done.repinned)} "
                             "from the running program (maps kept)")
             observed = observe(self.netlink, self.pins)
-        compile_info = (old or {}).get("compile") if (old or {}).get("compile", {}).get("digest") == key else None
         if digest not in observed.pins.get(program, {}):
             try:
                 built = self.builder.build(req, program)
@@ -282,12 +285,15 @@ class Agent:
                 message = f"{e}\n{output}".strip() if output and output not in str(e) else str(e)
                 return attachment_status(old=old, generation=generation, now=cond.now(), failure=(e.reason, message),
                                          interfaces=self._still_attached(program, observed, e.reason))
-            compile_info = {"durationMs": int(round(built.duration_ms)), "cacheHit": built.cache_hit, "digest": key}
+            self._compiled.setdefault(program, {})[key] = {
+                "durationMs": int(round(built.duration_ms)), "cacheHit": built.cache_hit, "digest": key}
             log.info("%s: compiled and pinned %s in %.0f ms", att["metadata"]["name"], digest, built.duration_ms)
             observed = observe(self.netlink, self.pins)
-        elif compile_info is None:
-            compile_info = {"durationMs": 0, "cacheHit": True, "digest": key}   # adopted from the pin
-        pinned = {p.digest12: p for p in self.pins.open_pinned(program)}[digest]
+        t0 = time.monotonic()
+        own = {p.digest12: p for p in self.pins.open_pinned(program)}
+        pinned = own[digest]
+        compile_info = compile_entry(self._compiled.setdefault(program, {}), key, set(own), old,
+                                     adopt_ms=(time.monotonic() - t0) * 1000)
 
         targets, missing_reason, missing_message = resolve_interfaces(
             d.spec.fields.interfaces, sorted(observed.hooks), observed.primary)
@@ -464,6 +470,7 @@ class Agent:
         """Drop what this process remembers about a program removed from the node."""
         for k in [k for k in self._offload_failures if k[0] == program]:
             del self._offload_failures[k]
+        self._compiled.pop(program, None)
 
     def _cleanup_unparseable(self, att: dict) -> None:
         program = (att.get("metadata", {}).get("labels") or {}).get(names.LABEL_PROGRAM)
@@ -537,6 +544,24 @@ class Agent:
             self._forget(program)
             log.warning("removed orphan program %s (no attachment on this node): detached from %s, unpinned %s",
                         program, ", ".join(outcome.detached) or "nothing", ", ".join(outcome.unpinned) or "nothing")
+
+
+def compile_entry(memory: dict[str, dict], key: str, pinned: set[str], old: Mapping | None, *,
+                  adopt_ms: float) -> dict:
+    """status.compile for the program of compile `key`, now pinned: what `memory` (this
+    process's: key -> entry) says, recorded when this process compiled it; else adopted
+    from the pin (cacheHit true, the adoption's duration), recorded so that resyncs report
+    the same. An adoption the last status already reports is kept as it was (no write
+    after every restart). Keys whose pins are gone are forgotten."""
+    for k in [k for k in memory if k[:12] not in pinned]:
+        del memory[k]
+    if key not in memory:
+        was = (old or {}).get("compile") or {}
+        if was.get("digest") == key and was.get("cacheHit") is True and type(was.get("durationMs")) is int:
+            memory[key] = dict(was)
+        else:
+            memory[key] = {"durationMs": int(round(adopt_ms)), "cacheHit": True, "digest": key}
+    return memory[key]
 
 
 def settled_interfaces(status: Mapping | None, modes: tuple[str, ...]) -> frozenset[str]:

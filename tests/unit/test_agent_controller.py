@@ -427,3 +427,55 @@ def test_deletion_detaches_our_offloaded_program_beside_a_foreign_native_one():
     assert node.agent.pins.list_programs() == {}
     assert not node.kernel.prog_exists(ours)
     assert names.FINALIZER_AGENT not in node.api.objects[ATT]["metadata"]["finalizers"]
+
+
+# --- 5. status.compile says whether this agent process compiled the program or adopted it --
+def test_compile_entry_says_compiled_here_or_adopted_from_the_pin():
+    node = Node()
+    node.create(version="1")
+    st = node.reconcile()
+    key = node.agent.builder.key(__import__("kube_xdp_agent.kernel", fromlist=["CompileRequest"])
+                                 .CompileRequest(SOURCE, "xdp_pass", {"VERSION": "1"}))
+    assert st["compile"] == {"durationMs": 1000, "cacheHit": False, "digest": key}    # compiled by this process
+    writes = len(node.api.status_writes)
+    node.reconcile()
+    assert len(node.api.status_writes) == writes                                        # resync: no write
+
+    # a key-unchanged spec change in the process that compiled it: still compiled here
+    node.update_spec(interfaces={"names": ["eth0"]}, priority=600)
+    st = node.reconcile()
+    assert st["compile"]["cacheHit"] is False and st["observedGeneration"] == 2
+
+    # a restarted agent adopts the pinned program: it compiled nothing
+    node.restart()
+    st = node.reconcile()
+    assert node.agent.builder.builds == []
+    assert st["compile"]["cacheHit"] is True and st["compile"]["digest"] == key
+    assert isinstance(st["compile"]["durationMs"], int) and 0 <= st["compile"]["durationMs"] < 1000
+    writes = len(node.api.status_writes)
+    for _ in range(3):
+        node.reconcile()
+    assert len(node.api.status_writes) == writes                                        # resyncs: no write
+
+    # a key-unchanged spec change after the restart: still adopted
+    node.update_spec(priority=700)
+    st = node.reconcile()
+    assert st["compile"]["cacheHit"] is True and st["observedGeneration"] == 3
+
+    # a new key: compiled by this process
+    node.update_spec(defines={"VERSION": "2"})
+    st = node.reconcile()
+    assert st["compile"]["cacheHit"] is False and st["compile"]["digest"] != key
+    assert node.agent.builder.builds == [(PROG, None)]
+
+
+def test_a_second_restart_keeps_the_adopted_entry_without_a_write():
+    node = Node()
+    node.create(version="1")
+    node.reconcile()
+    node.restart()
+    first = node.reconcile()["compile"]
+    assert first["cacheHit"] is True
+    writes = len(node.api.status_writes)
+    node.restart()
+    assert node.reconcile()["compile"] == first and len(node.api.status_writes) == writes
