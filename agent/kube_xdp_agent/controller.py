@@ -103,9 +103,10 @@ class Agent:
         self._queued: set[str] = set()
         self._retrying: set[str] = set()
         # (program, interface) -> (device compile key, ifindex, error) of an offload build the
-        # device refused (worker thread only): an unchanged spec on the same device is not
-        # rebuilt on every resync (a bcc worker each time); a new key or a recreated
-        # interface (new ifindex) tries again, and so does a restarted agent, once.
+        # device refused, or whose attach it refused (worker thread only): an unchanged spec
+        # on the same device is not rebuilt on every resync (a bcc worker each time); a new
+        # key or a recreated interface (new ifindex) tries again, and so does a restarted
+        # agent, once.
         self._offload_failures: dict[tuple[str, str], tuple[str, int, KernelError]] = {}
         # program -> compile key -> status.compile of the pinned programs this process
         # compiled or adopted (worker thread only): stable across resyncs, so an unchanged
@@ -307,7 +308,8 @@ class Agent:
                               rank=rank, rivals=rivals, take_over=d.spec.fields.take_over, held=held,
                               offloaded=offloaded, settled=settled)
         executor = Executor(self.netlink, self.pins, program=program, want=digest, want_id=pinned.prog_id,
-                            offload_build=self._offload_builder(program, req))
+                            offload_build=self._offload_builder(program, req),
+                            offload_refused=self._offload_refused(program, req))
         outcome = executor.run(actions)
         executor.run(plan_gc(program=program, keep=digest, observed=observe(self.netlink, self.pins)))
         results = list(outcome.interfaces)
@@ -413,6 +415,19 @@ class Agent:
                 pinned = {p.digest12: p for p in self.pins.open_pinned(program)}
             return digest, pinned[digest].prog_id
         return build
+
+    def _offload_refused(self, program: str, req: CompileRequest):
+        """(iface, error) -> remember that the device refused to attach the program built
+        for it: the next reconcile reports the same refusal without building it again (the
+        build is unpinned by the gc as unused). Same rules as a refused build."""
+        def refused(iface: str, error: KernelError) -> None:
+            key = self.builder.key(dataclasses.replace(req, device=iface))
+            try:
+                index = self.netlink.interface(iface).index
+            except KernelError:
+                return                          # gone meanwhile: nothing to remember
+            self._offload_failures[(program, iface)] = (key, index, error)
+        return refused
 
     @staticmethod
     def _still_attached(program: str, observed, reason: str) -> list[IfaceResult]:

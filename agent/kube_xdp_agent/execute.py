@@ -15,6 +15,10 @@ from .plan import Action, Attach, Conflict, Detach, Keep, Reattach, Repin, Repla
 
 log = logging.getLogger("kube_xdp_agent.execute")
 
+# An attach in offload mode refused by the device itself (not a busy hook, not a vanished one).
+DEVICE_REFUSALS = frozenset({reasons.DRIVER_MODE_UNSUPPORTED, reasons.OFFLOAD_UNSUPPORTED,
+                             reasons.PROGRAM_NOT_OFFLOADABLE})
+
 
 @dataclasses.dataclass
 class IfaceResult:
@@ -41,7 +45,7 @@ class Outcome:
 
 class Executor:
     def __init__(self, netlink, pins, *, program: str, want: str | None = None, want_id: int | None = None,
-                 offload_build=None):
+                 offload_build=None, offload_refused=None):
         self.netlink = netlink
         self.pins = pins
         self.program = program
@@ -50,6 +54,9 @@ class Executor:
         # iface -> (digest12, prog id) of the program built and pinned for offload on it;
         # raises ProgramNotOffloadable / AttachError(OffloadUnsupported) when it cannot be.
         self.offload_build = offload_build
+        # (iface, error): the device refused to attach the program built for it (told so
+        # the caller need not build it again for nothing).
+        self.offload_refused = offload_refused
 
     def run(self, actions: list[Action]) -> Outcome:
         out = Outcome([], [], [], [])
@@ -106,9 +113,11 @@ class Executor:
         refused: list[str] = []
         first_reason = None
         for mode in modes:
+            built = False
             try:
                 if mode == "offload" and self.offload_build is not None:
                     digest, want_id = self.offload_build(iface)
+                    built = True
                 else:
                     digest, want_id = self.want, self.want_id
                 with self.pins.open_prog_fd(self.program, digest) as fd:
@@ -118,6 +127,8 @@ class Executor:
             except (AttachError, KernelError) as e:
                 if not isinstance(e, AttachError) and e.reason != reasons.PROGRAM_NOT_OFFLOADABLE:
                     raise
+                if built and self.offload_refused is not None and e.reason in DEVICE_REFUSALS:
+                    self.offload_refused(iface, e)
                 reason = e.reason
                 if mode == "offload" and reason not in (reasons.PROGRAM_NOT_OFFLOADABLE, reasons.OFFLOAD_UNSUPPORTED):
                     reason = reasons.OFFLOAD_UNSUPPORTED
@@ -156,8 +167,8 @@ class Executor:
                 return IfaceResult(
                     action.interface, False, reason=reasons.CONFLICT,
                     message=f"{action.interface} runs XDP program id {action.prog_id} (offload mode) of {who}; "
-                            f"left untouched: taking it over atomically needs this program built for the device, "
-                            f"which failed ({e.reason}): {e}")
+                            f"left untouched: taking it over atomically needs this program offloaded to the "
+                            f"device, which failed ({e.reason}): {e}")
         with self.pins.open_prog_fd(self.program, digest) as new, self.pins.open_prog_id(action.prog_id) as old:
             state = self.netlink.attach(action.interface, new.fd, action.mode, expected_prog_fd=old.fd)
         res = self._verified(action.interface, state, action.mode, changed=True, want_id=want_id)

@@ -103,8 +103,13 @@ class DeviceBoundNetlink:
 
     def __init__(self, inner, builder: CountingBuilder) -> None:
         self.inner, self.builder = inner, builder
+        self.refuse_offload: set[str] = set()      # devices that load bound programs, refuse the HW attach
 
     def attach(self, name, prog_fd, mode, *, expected_prog_fd=None):
+        if mode == "offload" and name in self.refuse_offload:     # netdevsim's bpf_xdpoffload_accept=N
+            raise AttachError("the driver refused XDP in offload mode: netdevsim: XDP offload disabled in DebugFS",
+                              reason="DriverModeUnsupported", errno=errno.EOPNOTSUPP, interface=name, mode=mode,
+                              kernel_message="netdevsim: XDP offload disabled in DebugFS")
         if mode == "offload":
             prog_id = self.inner._kernel.prog_id_of_fd(prog_fd)
             if self.builder.device_bound.get(prog_id) != name:
@@ -317,6 +322,36 @@ def test_offload_only_failure_is_not_rebuilt_on_every_resync():
     node.reconcile()
     assert len(device_builds(node)) == 1             # the new agent's builder counts from zero
     assert node.status()["reason"] == reasons.OFFLOAD_UNSUPPORTED
+
+
+@pytest.mark.parametrize("fallback", [(), ("native",)], ids=["offload-or-fail", "offload-then-native"])
+def test_a_device_refusing_the_offload_attach_is_not_rebuilt_on_every_resync(fallback):
+    node = offload_node()
+    node.agent.netlink.refuse_offload.add("eth0")
+    node.create(mode="offload", fallback=fallback)
+    st = node.reconcile()
+    assert device_builds(node) == [(PROG, "eth0")]
+    entry = node.entry()
+    assert entry["reason"] == reasons.OFFLOAD_UNSUPPORTED and "XDP offload disabled in DebugFS" in entry["message"]
+    assert entry["ready"] is bool(fallback)
+    # the device build, refused, is not left pinned: only the host program
+    assert [p.digest12 for p in node.agent.pins.open_pinned(PROG)] == [host_digest(node, "1")]
+    first, writes = copy.deepcopy(st), len(node.api.status_writes)
+    for _ in range(3):
+        node.reconcile()
+    assert device_builds(node) == [(PROG, "eth0")]
+    assert node.status() == first and len(node.api.status_writes) == writes
+    # a new compile key tries again (and the device still refuses)
+    node.update_spec(defines={"VERSION": "2"})
+    node.reconcile()
+    if not fallback:
+        assert device_builds(node) == [(PROG, "eth0")] * 2
+    # the device comes to accept; the interface recreated: offloaded
+    node.agent.netlink.refuse_offload.clear()
+    node.kernel.remove_interface("eth0", netns=NETNS)
+    node.kernel.add_interface("eth0", netns=NETNS, modes=("native", "generic", "offload"), default_route=True)
+    node.reconcile()
+    assert node.entry()["ready"] and node.entry()["mode"] == "offload" and "reason" not in node.entry()
 
 
 def test_offload_failure_memory_is_per_interface_and_program():
