@@ -84,6 +84,20 @@ def count(reqs: Iterable[Mapping], who: Mapping[str, str] = WHO) -> dict:
     return out
 
 
+def inventory(reqs: Iterable[Mapping]) -> dict:
+    """The agents' XdpNode requests among `reqs`: their inventory refresh (a get, and a
+    status patch only when the inventory changed, every INVENTORY_SECONDS per agent) and
+    their start-up publish (get, create, status patch). Periodic, not caused by a rollout
+    (though a rollout's new program ids make the next refresh write)."""
+    out = {"reads": 0, "writes": 0}
+    for r in reqs:
+        if r["user"] == AGENT_USER and r["resource"] == "xdpnodes":
+            k = kind(r["verb"])
+            if k in out:
+                out[k] += 1
+    return out
+
+
 def per_node(counts: Mapping[str, Mapping], nodes: int) -> dict:
     """Reads and writes per node for the operator, the agents and both together."""
     res: dict[str, dict] = {}

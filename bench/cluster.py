@@ -30,6 +30,27 @@ HOLLOW_SELECTOR = {"matchLabels": {HOLLOW_LABEL: "true"}}
 # eth0/eth1: the convergence runs and examples; eth2: blocklist (role=edge); on node-3
 # and node-1, eth2-eth7 carry the hand-attached copies of the datapath comparison.
 INTERFACES = ("eth0", "eth1", "eth2", "eth3", "eth4", "eth5", "eth6", "eth7")
+CHART_VALUES = REPO / "charts" / "kube-xdp" / "values.yaml"
+
+
+def shipped_resync() -> float:
+    """The agent's drift-check interval as shipped (the chart's agent.resync): the bench's
+    agents (real and hollow) run with it, so idle cost is what users get."""
+    return float(yaml.safe_load(CHART_VALUES.read_text())["agent"]["resync"])
+
+
+def xdpnode_published(obj: dict | None) -> bool:
+    """An agent's start-up publish of its XdpNode is complete: the object exists and its
+    status (inventory and Ready condition) is written. Until then the agent still has a
+    create and a status patch to make, which would land in the first rollout's window."""
+    st = (obj or {}).get("status") or {}
+    return bool(obj) and "observedGeneration" in st and any(c.get("type") == "Ready" for c in st.get("conditions") or [])
+
+
+def pending_xdpnodes(items: list[dict], nodes: list[str]) -> list[str]:
+    """Of `nodes`, those whose XdpNode (in a listing's `items`) is not published yet."""
+    by_name = {o["metadata"]["name"]: o for o in items}
+    return [n for n in nodes if not xdpnode_published(by_name.get(n))]
 
 
 def example(name: str) -> dict:
@@ -71,11 +92,13 @@ class Bench(Cluster):
             self.log(f"bench: a rig instance '{INSTANCE}' exists (a previous bench run?): removing it first")
             self.rig.down(log=lambda *_: None)
         self.info = self.rig.up(log=lambda m: self.log(f"  {m}"))
-        self.deploy(resync=2.0)
+        self.resync = shipped_resync()
+        self.deploy(resync=self.resync)
         self.watcher = ProgramWatcher(admin_client(self.info)).start()
         self.sampler.track("agent", [self.pid(workloads.agent_name(n.name)) for n in self.info.nodes])
         self.sampler.track("operator", [self.pid("operator")])
         self.wait_agents_synced()
+        self.wait_xdpnodes([n.name for n in self.info.nodes])
         return self.info
 
     def close(self, keep_logs: Path | None = None) -> None:
@@ -140,6 +163,37 @@ class Bench(Cluster):
             time.sleep(0.5)
         self.log("bench: warning: could not confirm that every agent has listed its attachments")
 
+    def list_xdpnodes(self) -> list[dict]:
+        return self.custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.NODES)["items"]
+
+    def wait_xdpnodes(self, nodes: list[str], timeout: float = 60) -> None:
+        """Until every node's agent has published its XdpNode (created it and written its
+        status): an agent's start-up traffic must not fall in the first timed rollout. The
+        next refresh comes INVENTORY_SECONDS later (its requests, when one falls in a
+        window, are counted and shown apart)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = pending_xdpnodes(self.list_xdpnodes(), nodes)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} agent(s) did not publish their XdpNode within {timeout:.0f}s: "
+                                   f"{', '.join(pending[:5])}")
+            time.sleep(0.3)
+
+    def wait_xdpnodes_gone(self, nodes: list[str], timeout: float = 60) -> None:
+        """Until the XdpNodes of deleted `nodes` are gone (the operator deletes them at the
+        Node's deletion): a stale one would let the next hollow agent of that name skip
+        its publish, and the operator delete it mid-run."""
+        deadline = time.monotonic() + timeout
+        names_ = set(nodes)
+        while time.monotonic() < deadline:
+            left = [o["metadata"]["name"] for o in self.list_xdpnodes() if o["metadata"]["name"] in names_]
+            if not left:
+                return
+            time.sleep(0.5)
+        self.log(f"bench: warning: {len(left)} XdpNode(s) of deleted hollow nodes still there after {timeout:.0f}s")
+
     def audit_flushed(self, timeout: float = 30) -> bool:
         """Make a marker request now and wait until the audit log has it: every request
         made before it is then in the log too (the log is written in batches)."""
@@ -172,16 +226,20 @@ class Bench(Cluster):
         return names_
 
     def delete_hollow_nodes(self) -> None:
+        deleted = []
         for node in self.core.list_node(label_selector=f"{HOLLOW_LABEL}=true").items:
             try:
                 self.core.delete_node(node.metadata.name)
+                deleted.append(node.metadata.name)
             except ApiException as e:
                 if e.status != 404:
                     raise
+        self.wait_xdpnodes_gone(deleted)
 
     def start_hollow(self, nodes: list[str], procs: int = 1, timeout: float | None = None) -> list[int]:
         """Start hollow agents for `nodes` in `procs` processes (tracked by the rig, so
-        `down` stops them); wait until each has listed its attachments."""
+        `down` stops them); wait until each has listed its attachments and published its
+        XdpNode."""
         chunks = [nodes[i::procs] for i in range(procs)]
         pids, logs = [], []
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -190,12 +248,13 @@ class Bench(Cluster):
             log = Path(self.info.state_dir) / "logs" / f"{name}.log"
             pids.append(self.rig.procs.start(name, [sys.executable, "-m", "bench.hollow", "--kubeconfig",
                                                     self.info.kubeconfigs["agent"], "--state", self.info.state_dir,
-                                                    *chunk], env=env))
+                                                    "--resync", str(self.resync), *chunk], env=env))
             logs.append(log)
         timeout = timeout or 60 + 1.5 * len(nodes)     # a loaded machine: 200 TLS clients take a while
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if all(l.exists() and "synced" in l.read_text() for l in logs):
+                self.wait_xdpnodes(nodes, timeout=max(10.0, deadline - time.monotonic()))
                 return pids
             if any(not Path(f"/proc/{p}").exists() for p in pids):
                 raise RuntimeError(f"a hollow agent process exited; see {logs}")

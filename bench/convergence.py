@@ -16,14 +16,7 @@ from . import procstat
 from .cluster import Bench, example, program_body
 from .watch import gone, ready
 
-PHASES = ("create", "warm", "update", "delete")
-PHASE_TITLES = {
-    "create": "create (cold compile)",
-    "warm": "spec change, same compile key (pin adopted)",
-    "update": "spec change, new program",
-    "delete": "delete (nothing left)",
-}
-
+PHASES = ("create", "warm", "update", "delete")     # their labels per scope: report.PHASE_LABELS
 
 class Costs:
     """CPU seconds and peak RSS of labelled process groups over one rollout."""

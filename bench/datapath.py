@@ -6,9 +6,11 @@ round.
 Noise model: two program objects with identical instructions still differ a little
 (where the JIT placed each image; measured up to a few %). So the deployed program is
 compared with the mean of HAND_COPIES hand-loaded copies, and each hand copy is compared
-with the mean of the others the same way (the A/A ratios): the deployed program is
-"1.00 within noise" when its 95% interval contains 1.00 or it is no further from 1.00
-than the furthest hand copy.
+with the mean of the others the same way (the A/A ratios, whose range is the noise band).
+Verdict (stats.datapath_verdict): "within noise" when the deployed program's 95%
+interval overlaps that band (or 1.00), "faster" when it lies wholly below it (met:
+management adds nothing), "slower" when wholly above it (missed). More rounds narrow the
+interval; more hand copies make the band a better estimate of the placement noise.
 
 Every copy is attached (bcc's `attach_xdp`, native mode, spare veths of node-1 and
 node-3, entered with setns). That matters even for TEST_RUN: XDP programs run through
@@ -30,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from .stats import ratio_summary, summary, within_noise
+from .stats import datapath_verdict, ratio_summary, summary
 
 XDP_VERDICT = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
 
@@ -186,24 +188,28 @@ def run(bench, repeat: int = 1_000_000, rounds: int = 30, log=print) -> dict:
         # time of each syscall / repeat is kept too (raw): it includes preemption.
         ratio = ratio_summary(ns["deployed"], _mean_of([ns[h] for h in hands]))
         aa = {h: ratio_summary(ns[h], _mean_of([ns[o] for o in hands if o != h])) for h in hands}
-        ok = within_noise(ratio, [a["ratio_of_means"] for a in aa.values()])
+        same = len(set(r["tags"].values())) == 1
+        verdict = datapath_verdict(ratio, [a["ratio_of_means"] for a in aa.values()], same)
         ex = next(e for e in examples if e["name"] == r["name"])
         d = out["examples"][r["name"]] = {
             "deployed_on": f"{ex['deployed_node']} {ex['deployed_mode']}",
             "hand_attached": [f"{n} {i} native" for n, i in ex["hand_at"]],
-            "verdicts": r["verdicts"], "tags": r["tags"], "same_instructions": len(set(r["tags"].values())) == 1,
+            "xdp_actions": r["verdicts"], "tags": r["tags"], "same_instructions": same,
             "ns": {k: summary(v, 2) for k, v in ns.items()},
             "hand_mean_ns": round(sum(sum(ns[h]) for h in hands) / (len(hands) * len(ns["deployed"])), 2),
             "wall_ns": {k: summary(v, 2) for k, v in wall.items()},
             "raw": {"wall_ns_per_run": {k: [round(x, 3) for x in v] for k, v in wall.items()}, "kernel_ns": ns},
             "ratio_deployed_over_hand": ratio,
             "aa_hand_over_other_hands": {h: a["ratio_of_means"] for h, a in aa.items()},
-            "within_noise": ok,
+            "aa_ci95": {h: a["ci95"] for h, a in aa.items()},
+            "result": verdict,       # met / verdict / why: is the deployed program 1.00 within noise?
+            # half-width of the deployed program's interval: what more rounds would shrink
+            "ci95_half_width": (round((ratio["ci95"][1] - ratio["ci95"][0]) / 2, 4) if ratio["ci95"] else None),
         }
         aas = list(d["aa_hand_over_other_hands"].values())
         log(f"    {r['name']:<12} deployed {d['ns']['deployed']['mean']:.2f} ns, hand copies {d['hand_mean_ns']:.2f} ns: "
             f"ratio {ratio['ratio_of_means']} {ratio['ci95']} (hand copies vs the others {min(aas)}-{max(aas)}), "
-            f"verdict {r['verdicts']['deployed']}, tags {'equal' if d['same_instructions'] else 'DIFFER'}")
+            f"XDP action {r['verdicts']['deployed']}, tags {'equal' if d['same_instructions'] else 'DIFFER'}: {verdict['verdict']}")
     return out
 
 

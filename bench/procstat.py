@@ -122,3 +122,11 @@ class Sampler:
                             with self._lock:
                                 if m["rss"] > self._peak.get(label, 0):
                                     self._peak[label] = m["rss"]
+
+
+def cpu_delta(before: dict | None, after: dict | None) -> float | None:
+    """CPU seconds between two `cpu()` readings, own and waited-for children together;
+    None when either is missing (the process was gone)."""
+    if not before or not after:
+        return None
+    return (after["self"] - before["self"]) + (after["children"] - before["children"])

@@ -4,6 +4,7 @@ the harness itself broke (the rig would not come up, a rollout never converged..
 
     python -m bench.run [--quick] [--name latest] [--only real,compile,...]
 
+A full run takes about 6-7 minutes on the 2-core VM, --quick about 4-5 (RUN_MINUTES).
 Writes bench/results/<name>.json and bench/results/<name>.png, prints a summary table.
 Runs on a rig instance of its own ('kxb', free ports), torn down at the end, even on
 failure. See bench/README.md for what each number means.
@@ -24,11 +25,15 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 SECTIONS = ("real", "compile", "datapath", "throughput", "hollow")
 
-# Repetitions of a full `make bench` (about 15 minutes on the 2-core machine).
+# Repetitions of a full `make bench` (RUN_MINUTES on the 2-core machine: see bench/README.md).
+# The full idle window (65 s) covers at least one XdpNode inventory refresh of every agent
+# (kube_xdp_agent.controller.INVENTORY_SECONDS, 60 s); --quick's (10 s) cannot see it.
 FULL = {"real_reps": 7, "hollow": {10: 5, 50: 5, 200: 3}, "compile_reps": 3, "cached_reps": 30,
-        "dp_repeat": 1_000_000, "dp_rounds": 30, "tp_seconds": 4.0, "settle": 1.5, "idle_seconds": 10.0}
+        "dp_repeat": 1_000_000, "dp_rounds": 30, "tp_seconds": 4.0, "settle": 1.5, "idle_seconds": 65.0}
 QUICK = {"real_reps": 2, "hollow": {10: 2, 50: 1}, "compile_reps": 1, "cached_reps": 10,
-         "dp_repeat": 1_000_000, "dp_rounds": 5, "tp_seconds": 2.0, "settle": 1.5, "idle_seconds": 5.0}
+         "dp_repeat": 1_000_000, "dp_rounds": 5, "tp_seconds": 2.0, "settle": 1.5, "idle_seconds": 10.0}
+# Wall time of a run, measured on the 2-core VM (a quiet one; a loaded machine takes longer).
+RUN_MINUTES = {"full": "about 6-7", "quick": "about 4-5"}
 
 
 def now() -> str:
@@ -37,7 +42,9 @@ def now() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer repetitions, no 200-node run (a smoke run)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"fewer repetitions, no 200-node run, a 10 s idle window (a smoke run, {RUN_MINUTES['quick']} "
+                        f"minutes; a full run takes {RUN_MINUTES['full']})")
     p.add_argument("--name", default=None, help="results name (default: latest, or quick with --quick)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--hollow-nodes", default=None, help="comma-separated hollow sizes (default 10,50,200)")
@@ -141,6 +148,8 @@ def run_sections(bench, res: dict, cfg: dict, only: set) -> int:
     if only & {"datapath", "throughput"} or "real" in only:
         print("bench: deploying the examples (kube-xdp), then idle")
         deploy_examples(bench)
+        print(f"bench: idle for {cfg['idle_seconds']:.0f} s"
+              + ("" if cfg["idle_seconds"] >= 60 else " (shorter than the agents' 60 s inventory refresh: cannot see it)"))
         res["idle"] = idle(bench, cfg["idle_seconds"])
     if "datapath" in only:
         from . import datapath
@@ -191,17 +200,36 @@ def remove_examples(bench) -> None:
         w.wait(120)
 
 
-def idle(bench, seconds: float) -> dict:
-    """Agents and operator idle with the 3 examples deployed: RSS, and API requests."""
+def idle(bench, seconds: float, settle: float = 3.0) -> dict:
+    """Agents and operator idle with the 3 examples deployed, for `seconds` (after
+    `settle` s for the deployment's trailing writes): CPU seconds per minute (own and
+    build workers'), RSS at the end; the window, for counting API requests afterwards."""
+    from kube_xdp_agent.controller import INVENTORY_SECONDS
+
     from . import procstat
-    t0 = time.time()
+    time.sleep(settle)
+    pids = {f"agent {n}": p for n, p in bench.agent_pids().items()}
+    pids["operator"] = bench.pid("operator")
+    c0 = {k: procstat.cpu(p) for k, p in pids.items()}
+    t0, m0 = time.time(), time.monotonic()
     time.sleep(seconds)
-    t1 = time.time()
-    agents = {node: round((procstat.memory_kib(pid) or {}).get("rss", 0) / 1024, 1)
-              for node, pid in bench.agent_pids().items()}
-    op = (procstat.memory_kib(bench.pid("operator")) or {}).get("rss", 0) / 1024
-    return {"seconds": round(t1 - t0, 1), "window": [t0, t1], "agent_rss_mib": agents, "operator_rss_mib": round(op, 1),
-            "agent_resync_s": 2.0, "requests_per_s": None}
+    t1, m1 = time.time(), time.monotonic()
+    c1 = {k: procstat.cpu(p) for k, p in pids.items()}
+
+    def proc(k: str) -> dict:
+        cpu = procstat.cpu_delta(c0[k], c1[k])
+        return {"cpu_s": None if cpu is None else round(cpu, 3),
+                "cpu_s_per_min": None if cpu is None else round(cpu / (m1 - m0) * 60, 3),
+                "rss_mib": round(((procstat.memory_kib(pids[k]) or {}).get("rss") or 0) / 1024, 1)}
+
+    procs = {k: proc(k) for k in pids}
+    agents = {k.split(" ", 1)[1]: v for k, v in procs.items() if k.startswith("agent ")}
+    return {"seconds": round(m1 - m0, 1), "window": [t0, t1], "settle_s": settle,
+            "agent_resync_s": bench.resync, "inventory_seconds": INVENTORY_SECONDS,
+            "covers_inventory_refresh": m1 - m0 >= INVENTORY_SECONDS,
+            "agents": agents, "operator": procs["operator"],
+            "agent_rss_mib": {n: v["rss_mib"] for n, v in agents.items()},
+            "operator_rss_mib": procs["operator"]["rss_mib"], "requests_per_s": None}
 
 
 def finish_api(bench, res: dict) -> None:
@@ -216,11 +244,7 @@ def finish_api(bench, res: dict) -> None:
     res["costs"] = report.costs(records)
     if res.get("idle"):
         w = res["idle"]["window"]
-        c = audit.count(audit.window(reqs, *w))
-        secs = w[1] - w[0]
-        res["idle"]["requests_per_s"] = {who: round((c.get(who, {}).get("reads", 0) + c.get(who, {}).get("writes", 0)) / secs, 2)
-                                         for who in ("operator", "agent")}
-        res["idle"]["requests"] = {who: c.get(who, {}).get("by_call", {}) for who in ("operator", "agent")}
+        res["idle"].update(report.idle_api(audit.window(reqs, *w), w[1] - w[0], len(res["idle"]["agents"])))
 
 
 if __name__ == "__main__":

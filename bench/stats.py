@@ -83,19 +83,43 @@ def ratio_summary(a: Sequence[float], b: Sequence[float]) -> dict:
     return out
 
 
-def within_noise(ratio: dict, aa: Sequence[float]) -> bool | None:
-    """Is `ratio` (deployed vs hand-loaded) 1.00 within noise? True when its 95% interval
-    contains 1.0, or when it is no further from 1.0 than the furthest of the A/A ratios
-    `aa` (each hand-loaded copy against the others: what identical programs show on this
-    machine). None when not computable."""
+def datapath_verdict(ratio: dict, aa: Sequence[float], same_instructions: bool = True) -> dict:
+    """Does management add anything to the packet path? `ratio`: the deployed program
+    against the mean of the hand-loaded copies (ratio_summary); `aa`: each hand copy
+    against the mean of the others (what identical programs show on this machine: JIT
+    image placement alone moves them a few %).
+
+    The noise band is the hand copies' own spread, [min(aa), max(aa)], widened to
+    include 1.00. The deployed program's 95% interval (its point when there is none):
+    - overlaps the band: "within noise" (met): it cannot be told from one more hand copy;
+    - lies wholly below it: "faster" (met): kube-xdp adds nothing; with equal tags the
+      instructions are the same, so the gap is placement, and the band (from a few
+      copies) was narrower than the placement noise really is;
+    - lies wholly above it: "slower" (missed): the deployed program costs more per packet
+      than any hand copy differs from the others.
+    Different program tags (different instructions) make the comparison unlike-for-like:
+    "instructions differ" (missed). met is None when nothing could be computed.
+    Returns {met, verdict, band, interval, why}."""
     r = ratio.get("ratio_of_means")
     aa = [a for a in aa if a is not None]
     if r is None or not aa:
-        return None
-    ci = ratio.get("ci95")
-    if ci and ci[0] <= 1.0 <= ci[1]:
-        return True
-    return abs(r - 1.0) <= max(abs(a - 1.0) for a in aa)
+        return {"met": None, "verdict": "not measured", "band": None, "interval": None,
+                "why": "no ratio, or no hand copies to compare with"}
+    band = [min(min(aa), 1.0), max(max(aa), 1.0)]
+    lo, hi = ratio.get("ci95") or [r, r]
+    out = {"band": [round(band[0], 4), round(band[1], 4)], "interval": [lo, hi]}
+    if not same_instructions:
+        return {**out, "met": False, "verdict": "instructions differ",
+                "why": "the deployed program's tag differs from the hand copies': not the same instructions"}
+    if hi < band[0]:
+        return {**out, "met": True, "verdict": "faster",
+                "why": f"interval {lo:.3f}-{hi:.3f} lies below the hand copies' spread {band[0]:.3f}-{band[1]:.3f}: "
+                       "the deployed program is faster, never slower (same instructions: placement)"}
+    if lo > band[1]:
+        return {**out, "met": False, "verdict": "slower",
+                "why": f"interval {lo:.3f}-{hi:.3f} lies above the hand copies' spread {band[0]:.3f}-{band[1]:.3f}"}
+    return {**out, "met": True, "verdict": "within noise",
+            "why": f"interval {lo:.3f}-{hi:.3f} overlaps the hand copies' spread {band[0]:.3f}-{band[1]:.3f}"}
 
 
 def _r(x: float | None, digits: int = 4) -> float | None:

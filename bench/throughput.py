@@ -9,6 +9,10 @@ traffic.trafgen_config) and a duration, after which its whole process group gets
 (then SIGKILL); a trafgen that fails raises TrafgenError with its stderr, so a run that
 sent nothing cannot pass for a measurement.
 
+trafgen's own count of what it sent is compared with the node veth's rx_packets (and
+the source veth's tx_packets) over trafgen's whole run (`count_check`): the difference
+is reported, not asserted.
+
 Counted over a steady-state window (trafgen running for 1 s before the first read):
 - sent: the traffic source's veth tx_packets;
 - rx: the node veth's rx_packets / rx_dropped (the kernel's interface stats);
@@ -93,12 +97,18 @@ def measure(bench, mode: str, seconds: float) -> dict:
     pin = _set_mode(bench, mode)
     cfg = traffic.trafgen_config(src_mac=eth0["src_mac"], dst_mac=eth0["node_mac"], src_ip=eth0["src_ip"],
                                  dst_ip=eth0["node_ip"], dport=DROP_PORT)
+    before = _snapshot(node, pin)
+    # tx_ring=True: trafgen's mmap TX ring, its fastest path (this is a peak-rate
+    # benchmark); on a loaded machine it can exit on EAGAIN, which raises TrafgenError
+    # rather than passing for a measurement.
     with traffic.Trafgen(node.src_netns, "eth0", cfg, seconds=seconds + 2.0, tx_ring=True) as gen:
         time.sleep(1.0)
         a = _snapshot(node, pin)
         time.sleep(seconds)
         b = _snapshot(node, pin)
         tg = gen.wait(timeout=seconds + 40)
+    time.sleep(0.2)                       # the last frames through the veth pair
+    after = _snapshot(node, pin)
     dt = b["t"] - a["t"]
 
     def rate(section: str, key: str) -> float | None:
@@ -114,7 +124,27 @@ def measure(bench, mode: str, seconds: float) -> dict:
         "udp_noports_pps": rate("snmp", "Udp.NoPorts"), "ip_inreceives_pps": rate("snmp", "Ip.InReceives"),
         "trafgen_rc": tg.returncode, "trafgen_stderr": tg.stderr[-500:], "trafgen_sent": tg.sent,
         "trafgen_seconds": round(tg.seconds, 3),
+        "count_check": count_check(tg.sent, before, after),
     }
+
+
+def count_check(trafgen_sent: int, before: dict, after: dict) -> dict:
+    """trafgen's own count of what it sent against the kernel's counters over its whole
+    run (snapshots before it started and after it exited): the source veth's
+    tx_packets, and what the node veth received (rx_packets; XDP-dropped frames are
+    counted there too on veth). Anything else on the link in that time (an IPv6
+    neighbour message) shows as a difference of a few packets."""
+    def delta(section: str, key: str) -> int | None:
+        if key not in before[section] or key not in after[section]:
+            return None
+        return after[section][key] - before[section][key]
+
+    src_tx, node_rx = delta("src", "tx_packets"), delta("node", "rx_packets")
+    diff = None if node_rx is None else trafgen_sent - node_rx
+    return {"trafgen_sent": trafgen_sent, "src_tx_packets": src_tx, "node_rx_packets": node_rx,
+            "trafgen_minus_src_tx": None if src_tx is None else trafgen_sent - src_tx,
+            "trafgen_minus_node_rx": diff,
+            "relative": None if diff is None or not trafgen_sent else round(diff / trafgen_sent, 6)}
 
 
 def run(bench, seconds: float = 4.0, log=print) -> dict:

@@ -40,6 +40,13 @@ def test_window_and_counts_by_identity_reads_and_writes():
     assert per["total"] == {"reads": 0.5, "writes": 1.5} and per["agent"]["writes"] == 0.5
 
 
+def test_inventory_counts_only_the_agents_xdpnode_requests():
+    reqs = audit.requests([line("a", 1, AG, "get", "xdpnodes"), line("b", 2, AG, "patch", "xdpnodes", "status"),
+                           line("c", 3, AG, "create", "xdpnodes"), line("d", 4, OP, "get", "xdpnodes"),
+                           line("e", 5, AG, "patch", "xdpattachments", "status")])
+    assert audit.inventory(reqs) == {"reads": 1, "writes": 2}
+
+
 def test_fanout_timeline():
     reqs = audit.requests([line("a", 1, OP, "create", "xdpattachments"), line("b", 3, OP, "create", "xdpattachments"),
                            line("c", 4, AG, "patch", "xdpattachments", "status"),
@@ -59,6 +66,6 @@ def test_report_groups_runs_and_judges_targets():
     assert (conv["n"], conv["p50"], conv["failed"]) == (3, 0.7, 0)
     assert res["api"][0]["per_node"]["total"]["writes"] == round(2 / 3, 2)
     targets = {t["target"]: t for t in report.targets(res)}
-    assert targets["3 real nodes, warm: apply -> Ready p50"]["met"] is True
+    assert targets["3 real nodes, warm (interfaces changed, compile key pinned): apply -> Ready p50"]["met"] is True
     assert targets["200 hollow nodes: apply -> Ready p50"]["met"] is None          # not measured
     assert targets["API writes per node per rollout, real N=3"]["met"] is True

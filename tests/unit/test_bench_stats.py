@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.stats import paired_ratios, percentile, ratio_summary, summary, within_noise
+from bench.stats import datapath_verdict, paired_ratios, percentile, ratio_summary, summary
 
 
 def test_percentile_interpolates_between_ranks():
@@ -40,10 +40,25 @@ def test_ratio_summary_ratio_of_means_with_paired_interval():
     assert ratio_summary([1], [2])["ci95"] is None
 
 
-def test_within_noise_against_the_interval_and_the_hand_copies():
-    assert within_noise({"ratio_of_means": 1.03, "ci95": [0.99, 1.07]}, [1.0]) is True
-    assert within_noise({"ratio_of_means": 1.04, "ci95": [1.02, 1.06]}, [1.0, 0.99]) is False
-    # no further from 1 than the furthest hand-loaded copy is from the others
-    assert within_noise({"ratio_of_means": 0.968, "ci95": [0.95, 0.98]}, [1.01, 0.96, 1.0]) is True
-    assert within_noise({"ratio_of_means": None}, [1.0]) is None
-    assert within_noise({"ratio_of_means": 1.0, "ci95": None}, []) is None
+def test_datapath_verdict_interval_against_the_hand_copies_spread():
+    # the last full run's udp-drop: faster than the mean of the copies, its interval
+    # reaching into their spread: within noise (the old rule said MISSED)
+    v = datapath_verdict({"ratio_of_means": 0.993, "ci95": [0.987, 0.9996]}, [0.995, 1.004, 0.998, 1.003])
+    assert (v["met"], v["verdict"]) == (True, "within noise") and v["band"] == [0.995, 1.004]
+    # wholly below the spread: faster, met (management adds nothing)
+    v = datapath_verdict({"ratio_of_means": 0.96, "ci95": [0.95, 0.97]}, [0.99, 1.01])
+    assert (v["met"], v["verdict"]) == (True, "faster")
+    # wholly above it: slower, missed
+    v = datapath_verdict({"ratio_of_means": 1.04, "ci95": [1.02, 1.06]}, [1.0, 0.99, 1.01])
+    assert (v["met"], v["verdict"]) == (False, "slower") and "1.020-1.060" in v["why"]
+    # the band always contains 1.00: copies all on one side of it still leave 1.00 as noise
+    assert datapath_verdict({"ratio_of_means": 1.0, "ci95": [0.999, 1.001]}, [1.02, 1.03])["met"] is True
+    # no interval (one round): the point is judged
+    assert datapath_verdict({"ratio_of_means": 1.05, "ci95": None}, [0.99, 1.01])["verdict"] == "slower"
+
+
+def test_datapath_verdict_unlike_programs_and_missing_data():
+    v = datapath_verdict({"ratio_of_means": 1.0, "ci95": [0.99, 1.01]}, [1.0], same_instructions=False)
+    assert (v["met"], v["verdict"]) == (False, "instructions differ")
+    assert datapath_verdict({"ratio_of_means": None}, [1.0])["met"] is None
+    assert datapath_verdict({"ratio_of_means": 1.0, "ci95": None}, [])["met"] is None
