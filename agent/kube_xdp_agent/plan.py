@@ -29,6 +29,11 @@ be atomic). A takeover in offload mode replaces with the program built for the
 interface's device (the kernel refuses a host program there); if it cannot be built the
 executor reports a Conflict and leaves the hook. Interfaces carrying this program but no
 longer targeted -> Detach.
+
+A hook can hold a native/generic program and an offloaded one at once ('xdpmulti',
+`Hook.offloaded`): an interface is planned on this program's slot when it has one (a
+second slot of it there is detached: one mode per program and interface), else on the
+occupant; cleanup, gc and re-pinning look at every slot.
 """
 
 from __future__ import annotations
