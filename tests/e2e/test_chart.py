@@ -243,10 +243,15 @@ CRD_RELEASE, CRD_NAMESPACE = "kxcrd", "kxc-crd"
 
 
 def _renamed(crd: dict) -> dict:
-    """The CRD as the chart ships it, in TEST_GROUP (same schema, another name)."""
+    """The CRD as the chart ships it (same schema) in TEST_GROUP under names of its own:
+    no short names or categories, another kind and plural, so that no `kubectl get xdpp`
+    elsewhere can resolve to it (kubectl caches discovery, even after it is deleted)."""
     crd = copy.deepcopy(crd)
+    names = crd["spec"]["names"]
     crd["spec"]["group"] = TEST_GROUP
-    crd["metadata"]["name"] = f"{crd['spec']['names']['plural']}.{TEST_GROUP}"
+    crd["spec"]["names"] = {"kind": f"CrdTest{names['kind']}", "listKind": f"CrdTest{names['listKind']}",
+                            "plural": f"crdtest{names['plural']}", "singular": f"crdtest{names['singular']}"}
+    crd["metadata"]["name"] = f"crdtest{names['plural']}.{TEST_GROUP}"
     return crd
 
 
@@ -288,7 +293,7 @@ def test_crd_upgrade_after_a_helm_install_needs_force_conflicts(rig, admin, tmp_
     config = helm_python.Config(kubeconfig_path=rig.kubeconfig, namespace=CRD_NAMESPACE)
     try:
         config.install(str(chart), CRD_RELEASE, {}, namespace=CRD_NAMESPACE, create_namespace=True, timeout=60)
-        program = next(n for n in names if n.startswith("xdpprograms."))
+        program = next(n for n in names if n.startswith("crdtestxdpprograms."))
         stored = _established(ext, program)
         helm_managers = {m.manager for m in stored.metadata.managed_fields if not m.manager.startswith("kube-apiserver")}
         assert len(helm_managers) == 1 and "kubectl" not in helm_managers, helm_managers
