@@ -170,33 +170,72 @@ def check_inline_source(text: object, path: str = "source") -> str:
 #     by '/', no component starting with '.', no '..' anywhere, no leading '/';
 #   - never `#include "..."` (a quoted name is searched in the source's and the compiler's
 #     working directory first), never a computed include (`#include MACRO`), never
-#     `#include_next`, `#import`, `#embed`;
+#     `#include_next`, `#import`, `#embed`, `#__include_macros`;
 #   - `__has_include(<relative/path.h>)` under the same rule; `__has_include_next`,
-#     `__has_embed` never; `#pragma GCC dependency` and `#pragma clang module` never.
+#     `__has_embed` never;
+#   - pragmas that read files or drive the compiler: `#pragma GCC|clang dependency` (looks
+#     a file up by any path), `#pragma clang module` (loads/builds modules),
+#     `#pragma clang __debug` (debugging commands: `crash` kills the compiler with SIGILL,
+#     others read module maps), `#pragma include_alias` (maps a header name to any file);
+#   - the operator `_Pragma` only as `_Pragma("...")` with one string literal (an encoding
+#     prefix L, u, U, u8 is fine, a raw string is not) written in place on one line, whose
+#     pragma passes the rule above and whose text passes this whole rule (a pragma's tokens
+#     may be macro-expanded): `_Pragma(#x)`, `_Pragma(MACRO)` or a macro standing for
+#     `_Pragma` are computed and cannot be checked; `__pragma` never (Microsoft mode);
+#   - no identifier that token pasting (`a##b`, also through a header's macro) could grow
+#     into `_Pragma`, `__pragma` or a `__has_*` operator: `_`, `_P` ... `_Pragm`, `__`,
+#     `__has_`, `__has_inc` ... (a proper prefix of one of them). The same goes for
+#     define values (`define_file_access`): a define is a macro too.
 # Checked on the source as clang sees it: backslash-newlines spliced (also with blanks
 # between backslash and newline, which clang accepts), comments removed (a comment may
-# sit between '#' and 'include', and a multi-line comment may hide a line start), the
-# digraph '%:' read as '#', string and character literals skipped; and again with
+# sit between '#' and 'include' or inside a pragma, and a multi-line comment may hide a
+# line start or continue a directive), the digraph '%:' read as '#', universal character
+# names in identifiers decoded (clang 14 refuses `\u0069nclude`; decoding costs nothing),
+# string and character literals skipped (but a `_Pragma` string is read); and again with
 # trigraphs replaced (clang ignores them in its default gnu mode; another mode might not).
 # Conservative: a directive inside `#if 0` is checked too.
+# Not refused, because nothing is read: `#line N "any/path"` and line markers (only the
+# name diagnostics print), `__FILE__`, `__TIMESTAMP__` (of the source itself).
 HEADER_NAME = r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*(/[A-Za-z0-9_+-][A-Za-z0-9_.+-]*)*"
 HEADER_NAME_MAX = 255
-_INCLUDE_DIRECTIVES = ("include", "include_next", "import", "embed")
+_INCLUDE_DIRECTIVES = ("include", "include_next", "import", "embed", "__include_macros")
 _HAS_INCLUDE = ("__has_include", "__has_include_next", "__has_embed")
+# Identifiers the preprocessor treats as operators that read files or run pragmas.
+GUARDED_OPERATORS = ("_Pragma", "__pragma") + _HAS_INCLUDE
+# Their proper prefixes: what token pasting could complete into one of them.
+_GUARDED_PREFIXES = frozenset(op[:i] for op in GUARDED_OPERATORS for i in range(1, len(op))) - set(GUARDED_OPERATORS)
+# Pragmas refused, after `GCC` or `clang` (compared case-insensitively: conservative).
+_PRAGMAS_REFUSED = {
+    "dependency": "it makes the compiler look a file up by any path",
+    "module": "it makes the compiler load or build modules from files",
+    "__debug": "it runs a compiler debugging command (one crashes the compiler, others read module maps)",
+}
+# Pragmas refused on their own (no namespace).
+_PRAGMAS_REFUSED_ALONE = {
+    "include_alias": "it maps a header name to any file",
+}
+_PRAGMA_OPERATOR_HELP = (
+    '_Pragma is allowed only as _Pragma("...") with one plain string literal, on one line: a computed'
+    " pragma (_Pragma(#x), _Pragma(MACRO), a macro standing for _Pragma) cannot be checked; use #pragma"
+    ' or write the literal, e.g. _Pragma("unroll")'
+)
 _TRIGRAPHS = {"??=": "#", "??/": "\\", "??'": "^", "??(": "[", "??)": "]", "??!": "|", "??<": "{", "??>": "}",
               "??-": "~"}
 _SPLICE = re.compile(r"\\[ \t\f\v]*(\r\n|\n|\r)")
+_UCN = r"\\u[0-9A-Fa-f]{4}|\\U[0-9A-Fa-f]{8}"
 _TOKEN = re.compile(
     r"(?P<nl>\r\n|\n|\r)|(?P<ws>[ \t\f\v]+)|(?P<lc>//[^\r\n]*)|(?P<bc>/\*(?s:.*?)(\*/|\Z))"
     r"|(?P<str>\"(\\.|[^\"\\\r\n])*(\"|(?=[\r\n])|\Z))|(?P<chr>'(\\.|[^'\\\r\n])*('|(?=[\r\n])|\Z))"
-    r"|(?P<id>[A-Za-z_][A-Za-z0-9_]*)|(?P<hash>%:|#)|(?P<other>.)"
+    rf"|(?P<id>([A-Za-z_]|{_UCN})([A-Za-z0-9_]|{_UCN})*)|(?P<hash>%:|#)|(?P<other>.)"
 )
+_STRING_LITERAL = re.compile(r"\"(\\.|[^\"\\\r\n])*\"")
+_STRING_PREFIXES = ("L", "u", "U", "u8")
 
 
 def source_file_access(text: str) -> str | None:
     """None when `text` makes the preprocessor read only headers allowed by the rule
     above; else what breaks it, with the line number (user text only, never a file's)."""
-    if not any(s in text for s in ("#", "%:", "__has_", "??")):
+    if not any(s in text for s in ("#", "%:", "_", "??", "\\u", "\\U")):
         return None
     problem = _scan_source(_SPLICE.sub("", text))
     if problem is None and "??" in text:
@@ -207,8 +246,68 @@ def source_file_access(text: str) -> str | None:
     return problem
 
 
-def _scan_source(text: str) -> str | None:
-    pos, line, line_start, n = 0, 1, True, len(text)
+def define_file_access(name: str, value: str) -> str | None:
+    """None when the define `name=value` cannot stand for (or, pasted with `##`, grow into)
+    `_Pragma`, `__pragma` or a `__has_*` operator; else why it is refused. `name` and
+    `value` must already match C_IDENTIFIER and DEFINE_VALUE."""
+    if name in GUARDED_OPERATORS:
+        return f"the name {name} is a preprocessor operator"
+    for ident in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        if ident in GUARDED_OPERATORS:
+            return f"the value {value!r} names the preprocessor operator {ident}, whose use cannot be checked"
+        if ident in _GUARDED_PREFIXES:
+            return (f"the value {value!r} holds {ident}, which token pasting (##) could complete into"
+                    f" {_completions(ident)}, whose use cannot be checked")
+    return None
+
+
+def _completions(prefix: str) -> str:
+    return " or ".join(op for op in GUARDED_OPERATORS if op.startswith(prefix) and op != prefix)
+
+
+def _identifier(token: str) -> str:
+    """An identifier token as the compiler names it: universal character names decoded."""
+    if "\\" not in token:
+        return token
+
+    def decode(m: re.Match) -> str:
+        code = int(m.group(0)[2:], 16)
+        return chr(code) if code <= 0x10FFFF else m.group(0)
+
+    return re.sub(_UCN, decode, token)
+
+
+def _pragma_refusal(text: str, pos: int = 0) -> tuple[str, str] | None:
+    """The pragma whose tokens start at `pos` of `text` (to the end of the line, comments
+    being blanks): (its first words, why it is refused), or None when it is allowed."""
+    words: list[str] = []
+    n = len(text)
+    while pos < n and len(words) < 2:
+        m = _TOKEN.match(text, pos)
+        kind = m.lastgroup
+        if kind == "nl":
+            break
+        if kind not in ("ws", "lc", "bc"):
+            words.append(_identifier(m.group(0)) if kind == "id" else m.group(0))
+        pos = m.end()
+    if not words:
+        return None
+    first = words[0].casefold()
+    if first in _PRAGMAS_REFUSED_ALONE:
+        return words[0], _PRAGMAS_REFUSED_ALONE[first]
+    if len(words) == 2 and first in ("gcc", "clang") and words[1].casefold() in _PRAGMAS_REFUSED:
+        return f"{words[0]} {words[1]}", _PRAGMAS_REFUSED[words[1].casefold()]
+    return None
+
+
+def _destringize(literal: str) -> str:
+    """The text of a `_Pragma` string literal (quotes included) as the compiler reads it:
+    quotes dropped, `\\\\` and `\\"` unescaped (C11 6.10.9), other escapes kept."""
+    return re.sub(r"\\([\\\"])", r"\1", literal[1:-1])
+
+
+def _scan_source(text: str, at_line_start: bool = True) -> str | None:
+    pos, line, line_start, n = 0, 1, at_line_start, len(text)
 
     def skip_blank(p: int) -> int:
         """Skip blanks and comments on the current logical line (a block comment is a space)."""
@@ -239,6 +338,31 @@ def _scan_source(text: str) -> str | None:
                              " [A-Za-z0-9_.+-] components without '..' or a leading '/'")
         return end + 1, None
 
+    def pragma_operator_at(p: int) -> tuple[int, str | None]:
+        """`_Pragma` ends at p: (end of `_Pragma("...")`, problem or None)."""
+        where = line
+        p = skip_blank(p)
+        if p >= n or text[p] != "(":
+            return p, f"line {where}: {_PRAGMA_OPERATOR_HELP}"
+        p = skip_blank(p + 1)
+        prefix = _TOKEN.match(text, p) if p < n else None
+        if prefix and prefix.lastgroup == "id" and prefix.group(0) in _STRING_PREFIXES:
+            p = prefix.end()
+        s = _STRING_LITERAL.match(text, p)
+        if s is None:
+            return p, f"line {where}: {_PRAGMA_OPERATOR_HELP}"
+        pragma = _destringize(s.group(0))
+        refused = _pragma_refusal(pragma)
+        if refused:
+            return p, f'line {where}: _Pragma("{refused[0]} ...") is not allowed: {refused[1]}'
+        inner = _scan_source(pragma, at_line_start=False)    # its tokens may be macro-expanded
+        if inner:
+            return p, f"line {where}: inside _Pragma(\"...\"): {inner.split(': ', 1)[1]}"
+        p = skip_blank(s.end())
+        if p >= n or text[p] != ")":
+            return p, f"line {where}: {_PRAGMA_OPERATOR_HELP}"
+        return p + 1, None
+
     while pos < n:
         m = _TOKEN.match(text, pos)
         kind, token = m.lastgroup, m.group(0)
@@ -262,7 +386,7 @@ def _scan_source(text: str) -> str | None:
             if d is None or d.lastgroup != "id":
                 pos = p
                 continue
-            name = d.group(0)
+            name = _identifier(d.group(0))
             what = f"#{name}"
             if name in _INCLUDE_DIRECTIVES:
                 if name != "include":
@@ -272,17 +396,23 @@ def _scan_source(text: str) -> str | None:
                     return problem
                 continue
             if name == "pragma":
-                eol = text.find("\n", d.end())
-                rest = text[d.end():eol if eol >= 0 else n]
-                words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", rest)[:2]
-                if len(words) == 2 and words[0] in ("GCC", "clang") and words[1] in ("dependency", "module"):
-                    return f"line {line}: #pragma {words[0]} {words[1]} is not allowed: it makes the compiler read files"
+                refused = _pragma_refusal(text, d.end())
+                if refused:
+                    return f"line {line}: #pragma {refused[0]} is not allowed: {refused[1]}"
             pos = d.end()
             continue
         line_start = False
-        if kind == "id" and token in _HAS_INCLUDE:
-            if token != "__has_include":
-                return f"line {line}: {token} is not allowed: only __has_include(<relative/path.h>)"
+        ident = _identifier(token) if kind == "id" else None
+        if ident == "_Pragma":
+            pos, problem = pragma_operator_at(m.end())
+            if problem:
+                return problem
+            continue
+        if ident == "__pragma":
+            return f"line {line}: __pragma is not allowed: use #pragma or _Pragma(\"...\")"
+        if ident in _HAS_INCLUDE:
+            if ident != "__has_include":
+                return f"line {line}: {ident} is not allowed: only __has_include(<relative/path.h>)"
             p = skip_blank(m.end())
             if p >= n or text[p] != "(":
                 return f"line {line}: __has_include must be followed by (<relative/path.h>)"
@@ -294,6 +424,9 @@ def _scan_source(text: str) -> str | None:
                 return f"line {line}: __has_include(<...>) is not closed"
             pos = p + 1
             continue
+        if ident in _GUARDED_PREFIXES:
+            return (f"line {line}: the identifier {ident} is not allowed (rename it): token pasting (##) could"
+                    f" complete it into {_completions(ident)}, whose use cannot be checked")
         pos = m.end()
     return None
 
@@ -444,6 +577,9 @@ def check_defines(defines: Iterable[tuple[object, object]]) -> tuple[tuple[str, 
                 f"spec.defines[{name}]: value {value!r} must match {DEFINE_VALUE}, not contain '..',"
                 f" and be at most {DEFINE_VALUE_MAX} characters",
             )
+        problem = define_file_access(name, value)
+        if problem:
+            raise SpecError(reasons.INVALID_DEFINE, f"spec.defines[{name}]: {problem}")
     return tuple(sorted(pairs))  # type: ignore[arg-type]
 
 

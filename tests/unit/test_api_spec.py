@@ -102,6 +102,8 @@ GOOD = [
     pytest.param(with_(defines={"MAX_PORTS": "16", "NEG": "-1", "FRAC": "-.5", "F": "1.5e+3", "X": "0x800",
                                 "EMPTY": "", "_UNDERSCORE": "A_B"}), id="defines"),
     pytest.param(with_(defines={f"D{i}": str(i) for i in range(32)}), id="32-defines"),
+    pytest.param(with_(defines={"A": "my_Pragma", "B": "_Pragmatic", "C": "__u32", "D": "__has_included",
+                                "E": "secret.h", "F": "x_"}), id="defines-near-operator-names"),
     pytest.param(with_(interfaces={"names": ["eth0", "veth-a.1", "ens3_x", "a" * 15]}), id="interface-names"),
     pytest.param(with_(interfaces={"pattern": r"veth[0-9]+|eth\d"}), id="interface-pattern"),
     pytest.param(with_(interfaces={"primary": True}), id="primary"),
@@ -186,6 +188,19 @@ BAD = [
     bad("define-value-non-ascii", with_(defines={"X": "é"}), D, schema=True),
     bad("define-value-too-long", with_(defines={"X": "1" * 129}), D, schema=True),
     bad("define-value-not-string", with_(defines={"X": 1}), D, schema=True),
+    # defines: values and names that are (or could paste into) a preprocessor operator that
+    # reads files or runs pragmas; the schema's character rule cannot see them
+    bad("define-value-pragma-operator", with_(defines={"P": "_Pragma"}), D, schema=False),
+    bad("define-value-ms-pragma-operator", with_(defines={"P": "__pragma"}), D, schema=False),
+    bad("define-value-has-include", with_(defines={"H": "__has_include"}), D, schema=False),
+    bad("define-value-has-include-next", with_(defines={"H": "__has_include_next"}), D, schema=False),
+    bad("define-value-has-embed", with_(defines={"H": "__has_embed"}), D, schema=False),
+    bad("define-value-operator-in-an-expression", with_(defines={"X": "1+_Pragma"}), D, schema=False),
+    bad("define-value-prefix-to-paste", with_(defines={"A": "_Pra"}), D, schema=False),
+    bad("define-value-underscore-to-paste", with_(defines={"A": "_"}), D, schema=False),
+    bad("define-value-has-prefix-to-paste", with_(defines={"A": "__has_"}), D, schema=False),
+    bad("define-name-pragma-operator", with_(defines={"_Pragma": "1"}), D, schema=False),
+    bad("define-name-has-include", with_(defines={"__has_include": "1"}), D, schema=False),
     bad("defines-33", with_(defines={f"D{i}": "1" for i in range(33)}), D, schema=True),
     # source
     bad("both-sources", with_(source={"inline": "x", "configMapRef": {"namespace": "a", "name": "b", "key": "c"}}),
@@ -332,3 +347,15 @@ def test_bad_attachment_spec_is_rejected(change, reason):
         AttachmentSpec.from_dict(raw)
     assert caught.value.reason == reason
     assert schema_errors(schema.attachment_spec_schema(), raw)
+
+
+@pytest.mark.parametrize("defines", [{"P": "_Pragma"}, {"H": "__has_include"}, {"A": "__has_"}], ids=repr)
+def test_attachment_spec_with_an_operator_define_is_refused_by_the_agents_parse(defines):
+    """The schema accepts these values (C-token characters); the agent's own parse of the
+    XdpAttachment refuses them, whatever the operator wrote."""
+    raw = {**ATTACHMENT, "defines": defines}
+    assert schema_errors(schema.attachment_spec_schema(), raw) == []
+    with pytest.raises(SpecError) as caught:
+        AttachmentSpec.from_dict(raw)
+    assert caught.value.reason == D
+    assert "cannot be checked" in caught.value.message or "preprocessor operator" in caught.value.message
