@@ -10,6 +10,8 @@ import sys
 
 from kube_xdp_api import names
 
+from .inventory import DEFAULT_PROBE_PATTERN, DEFAULT_SKIPPED_PREFIXES, interface_selector
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kube-xdp-agent", description=__doc__)
@@ -24,12 +26,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resync", type=float, default=3.0, help="seconds between drift checks: drift is repaired within about this (default 3)")
     parser.add_argument("--no-inventory", action="store_true",
                         help="do not publish this node's XdpNode (no mode probing on empty hooks)")
+    parser.add_argument("--inventory-interfaces", metavar="REGEX",
+                        default=os.environ.get("KUBE_XDP_INVENTORY_INTERFACES", DEFAULT_PROBE_PATTERN),
+                        help="probe the XDP modes of the interfaces whose whole name matches this Python regular "
+                             "expression (loopback never); the others are listed in the XdpNode with their modes "
+                             "unknown. Default $KUBE_XDP_INVENTORY_INTERFACES, else every name not starting with "
+                             f"{', '.join(DEFAULT_SKIPPED_PREFIXES)} (pods' veths and overlay devices); "
+                             "'' probes none")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=f"%(asctime)s %(levelname)s agent[{args.node_name}]: %(message)s")
     if not args.node_name:
         parser.error("--node-name (or $NODE_NAME) is required")
+    try:
+        select = interface_selector(args.inventory_interfaces)
+    except ValueError as e:
+        parser.error(f"--inventory-interfaces (or $KUBE_XDP_INVENTORY_INTERFACES): {e}")
 
     import kubernetes
 
@@ -45,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(AgentConfig(node_name=args.node_name, bpffs=args.bpffs, netns=args.netns, resync=args.resync,
                               inventory=not args.no_inventory),
                   client, HostKernel())
+    if agent.publisher is not None:
+        # (Agent builds its NodePublisher with the default selection; AgentConfig has no
+        # field for it yet.)
+        agent.publisher.select = select
 
     def stop(*_):
         agent.stop.set()

@@ -20,14 +20,25 @@ Costs and traps:
   our read and our attach, we get HookBusy and report the mode unknown.
 - The probe program is attached for microseconds: XDP_PASS does not change traffic.
 
+Which interfaces are probed (`interface_selector`, the agent's --inventory-interfaces):
+on a real node most interfaces are pods' veths and overlay devices, created all the time;
+switching each one to XDP for a moment, on an interface carrying a pod's traffic, is
+intrusive and tells nothing worth knowing. By default names starting like the usual
+container and overlay devices (`DEFAULT_SKIPPED_PREFIXES`) are skipped; loopback is never
+probed. The selection is by NAME, never by link kind: the rig's simulated NICs are veths
+named eth0, eth1, hp0... and must be probed. An interface not selected is still listed,
+with its driver, its modes unknown and `probed=False`.
+
 Works in a named network namespace through `Netlink(netns)` (the rig's simulated nodes);
 the offload load runs in a thread that entered that namespace (offload.in_netns).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +54,15 @@ BTF_PATH = "/sys/kernel/btf/vmlinux"
 KHEADERS_PATH = "/sys/kernel/kheaders.tar.xz"
 PROBE_ORDER = ("generic", "native", "offload")  # cheapest and least disruptive first
 SUPPORTED, UNSUPPORTED, UNKNOWN = "supported", "unsupported", "unknown"
+
+# Name prefixes of container and overlay interfaces (pods' veths, CNI bridges and tunnels):
+# not probed by default.
+DEFAULT_SKIPPED_PREFIXES = ("veth", "cali", "lxc", "cilium_", "flannel", "cni", "docker", "vxlan", "tunl",
+                            "kube-", "genev", "weave", "br-", "virbr")
+# The default --inventory-interfaces: any name but those.
+DEFAULT_PROBE_PATTERN = "(?!(?:" + "|".join(re.escape(p) for p in DEFAULT_SKIPPED_PREFIXES) + ")).+"
+LOOPBACK_IFINDEX = 1     # the kernel's loopback device has this index in every namespace
+NOT_SELECTED = "not probed: the name does not match the agent's --inventory-interfaces"
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,7 @@ class InterfaceInventory:
     kind: str | None  # IFLA_INFO_KIND ('veth', ...); None for physical NICs and lo
     probes: tuple[ModeProbe, ...]
     attached: tuple[AttachedProgram, ...] = ()
+    probed: bool = True  # False: not selected for probing (interface_selector); modes unknown
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -112,8 +133,12 @@ class NodeInventory:
         """The XdpNode status fields this inventory fills (api schema.node_status_schema).
 
         Only fields the schema declares, and no empty strings (the rig's API server
-        refuses them). `extended=True` adds the fields proposed for the schema:
-        per interface `kind` and `unknownModes` (modes not probed: the hook was in use).
+        refuses them). `extended=True` adds per interface `kind`, `unknownModes` (modes
+        not probed: the hook was in use, or the interface was not selected for probing)
+        and `unsupported`; and `probed: false` for an interface not selected, once the
+        XdpNode schema declares `probed` (an undeclared field would be pruned by the API
+        server, and the stored status would never equal the agent's: a write every
+        refresh).
         """
         status: dict[str, Any] = {
             "kernelRelease": self.kernel_release,
@@ -142,10 +167,43 @@ class NodeInventory:
                     {"mode": p.mode, "message": (p.detail or "refused")[:1024]}
                     for p in iface.probes if p.result == UNSUPPORTED
                 ]
+                if not iface.probed and "probed" in _declared_interface_fields():
+                    item["probed"] = False
             status["interfaces"].append(item)
         if extended:
             status["modeSummary"] = self.mode_summary()
         return status
+
+
+@functools.cache
+def _declared_interface_fields() -> frozenset[str]:
+    """The fields the XdpNode schema declares for an interface (kube_xdp_api.schema)."""
+    from kube_xdp_api.schema import node_status_schema
+
+    return frozenset(node_status_schema()["properties"]["interfaces"]["items"]["properties"])
+
+
+# --- which interfaces are probed -------------------------------------------------------------
+
+
+def is_loopback(iface: Interface) -> bool:
+    return iface.index == LOOPBACK_IFINDEX or iface.name == "lo"
+
+
+def interface_selector(pattern: str = DEFAULT_PROBE_PATTERN) -> Callable[[Interface], bool]:
+    """iface -> probe it? True when the WHOLE name matches `pattern` (a Python regular
+    expression) and the interface is not loopback. Raises ValueError, naming the pattern
+    and the regex error, when `pattern` does not compile. "" selects nothing (list only)."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid interface regular expression {pattern!r}: {exc}") from None
+
+    def select(iface: Interface) -> bool:
+        return not is_loopback(iface) and regex.fullmatch(iface.name) is not None
+
+    select.pattern = pattern  # type: ignore[attr-defined]
+    return select
 
 
 # --- node facts ---------------------------------------------------------------------------
@@ -278,9 +336,11 @@ def probe_node(netlink: Netlink, *, probe: bool = True, previous: NodeInventory 
     `previous`: reuse its probe results for interfaces with the same name, index and
     driver (only `attached` is read again), so a periodic refresh attaches nothing
     on interfaces already probed. `probe=False` reads without attaching (modes unknown).
-    `select`: probe only the interfaces it accepts (e.g. physical NICs and the ones a
-    program targets: a node with hundreds of pod veths need not have each one switched
-    to XDP for a moment); the others are listed with their modes unknown.
+    `select`: probe only the interfaces it accepts (the agent passes
+    `interface_selector(--inventory-interfaces)`: a node with hundreds of pod veths need
+    not have each one switched to XDP for a moment); the others are listed with their
+    modes unknown and `probed=False`, and nothing is attached or loaded for them. None
+    probes every interface.
     """
     release = kernel_release()
     old = {i.name: i for i in previous.interfaces} if previous else {}
@@ -296,9 +356,10 @@ def probe_node(netlink: Netlink, *, probe: bool = True, previous: NodeInventory 
                                                      before.probes, _attached(iface)))
                 continue
             if not probe or (select is not None and not select(iface)):
+                why = "not probed" if not probe else NOT_SELECTED
                 interfaces.append(InterfaceInventory(
                     iface.name, iface.index, iface.driver, iface.kind,
-                    tuple(ModeProbe(m, UNKNOWN, "not probed") for m in modes), _attached(iface)))
+                    tuple(ModeProbe(m, UNKNOWN, why) for m in modes), _attached(iface), probed=False))
                 continue
             try:
                 interfaces.append(probe_interface(netlink, iface.name, modes=modes, _prober=prober))

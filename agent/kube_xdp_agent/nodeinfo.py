@@ -3,19 +3,24 @@ with driver and probed XDP modes), created by the agent and kept current.
 
 Probing attaches a trivial XDP_PASS program to EMPTY hooks only (never an occupied one),
 once per interface (a refresh reuses earlier probes for the same interface), and runs on
-the agent's worker thread so it never races the agent's own attaches.
+the agent's worker thread so it never races the agent's own attaches. Only interfaces
+whose name the agent's --inventory-interfaces selects are probed (by default not pods'
+veths nor overlay devices, never loopback: `inventory.interface_selector`); the others are
+listed with their driver and their modes unknown.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from kubernetes.client.rest import ApiException
 
 from kube_xdp_api import conditions as cond
 from kube_xdp_api import names, reasons
 
-from .inventory import NodeInventory, probe_node
+from .inventory import NodeInventory, interface_selector, probe_node
+from .kernel.netlink import Interface
 
 log = logging.getLogger("kube_xdp_agent.nodeinfo")
 
@@ -37,15 +42,19 @@ def node_status(inv: NodeInventory, old: dict | None, generation: int) -> dict:
 
 
 class NodePublisher:
-    def __init__(self, custom, node_name: str, netlink, *, probe: bool = True):
+    def __init__(self, custom, node_name: str, netlink, *, probe: bool = True,
+                 select: Callable[[Interface], bool] | None = None):
         self.custom = custom
         self.node_name = node_name
         self.netlink = netlink
         self.probe = probe
+        # which interfaces are probed: --inventory-interfaces (default: not pods' veths,
+        # not overlay devices, never loopback)
+        self.select = select if select is not None else interface_selector()
         self.inventory: NodeInventory | None = None
 
     def refresh(self) -> None:
-        self.inventory = probe_node(self.netlink, probe=self.probe, previous=self.inventory)
+        self.inventory = probe_node(self.netlink, probe=self.probe, previous=self.inventory, select=self.select)
         obj = self._get_or_create()
         status = node_status(self.inventory, obj.get("status"), int(obj["metadata"].get("generation") or 1))
         if all((obj.get("status") or {}).get(k) == v for k, v in status.items()):
