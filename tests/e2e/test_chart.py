@@ -27,6 +27,7 @@ import yaml
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 
+from kube_xdp_agent.inventory import DEFAULT_PROBE_PATTERN
 from kube_xdp_api import rbac, schema
 
 from .conftest import api_client
@@ -118,7 +119,8 @@ def test_api_server_accepted_the_agent_daemonset(installed, admin) -> None:
     assert pod.service_account_name == f"{FULLNAME}-agent"
     assert [(t.operator, t.key, t.effect) for t in pod.tolerations] == [("Exists", None, None)]
     agent = pod.containers[0]
-    assert agent.command == ["kube-xdp-agent"] and agent.args == ["--bpffs=/sys/fs/bpf", "--resync=3"]
+    assert agent.command == ["kube-xdp-agent"] and agent.args == [
+        "--bpffs=/sys/fs/bpf", "--resync=3", f"--inventory-interfaces={DEFAULT_PROBE_PATTERN}"]
     env = {e.name: e for e in agent.env}
     assert env["NODE_NAME"].value_from.field_ref.field_path == "spec.nodeName"
     assert agent.security_context.privileged is False
@@ -159,7 +161,8 @@ def test_upgrade_changes_the_workloads(installed, helm, admin) -> None:
     assert [t.key for t in pod.tolerations] == ["dedicated", "node.kubernetes.io/not-ready"]
     assert pod.node_selector == {"kubernetes.io/os": "linux"}
     assert ds.spec.update_strategy.rolling_update.max_unavailable == "10%"
-    assert pod.containers[0].args == ["--bpffs=/sys/fs/bpf", "--resync=3", "--verbose"]
+    assert pod.containers[0].args == ["--bpffs=/sys/fs/bpf", "--resync=3",
+                                      f"--inventory-interfaces={DEFAULT_PROBE_PATTERN}", "--verbose"]
     dep = kubernetes.client.AppsV1Api(admin).read_namespaced_deployment(f"{FULLNAME}-operator", NAMESPACE)
     assert dep.spec.template.spec.priority_class_name == "system-cluster-critical"
     assert dep.spec.strategy.type == "Recreate"

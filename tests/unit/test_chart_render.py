@@ -11,12 +11,14 @@ import re
 import shutil
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk (PyPI) is the Helm engine; pip install -e '.[test]'")
 
+from kube_xdp_agent.inventory import DEFAULT_PROBE_PATTERN, interface_selector  # noqa: E402
 from kube_xdp_api import names, rbac, schema  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,6 +131,7 @@ BAD_VALUES = {
     "capability-made-up": {"agent": {"capabilities": ["ROOT"]}},
     "cleanup-timeout-zero": {"operator": {"agentCleanupTimeoutSeconds": 0}},
     "cleanup-timeout-not-integer": {"operator": {"agentCleanupTimeoutSeconds": "10m"}},
+    "inventory-interfaces-not-a-string": {"agent": {"inventoryInterfaces": ["eth0"]}},
     **NEW_REFUSALS,
 }
 
@@ -368,7 +371,8 @@ def test_agent_daemonset_defaults() -> None:
     assert "priorityClassName" not in pod
     (agent,) = pod["containers"]
     assert agent["command"] == ["kube-xdp-agent"]
-    assert agent["args"] == [f"--bpffs={names.DEFAULT_BPFFS}", "--resync=3"]
+    assert agent["args"] == [f"--bpffs={names.DEFAULT_BPFFS}", "--resync=3",
+                             f"--inventory-interfaces={DEFAULT_PROBE_PATTERN}"]
     assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in agent["env"]
     sc = agent["securityContext"]
     assert sc["privileged"] is False and sc["runAsUser"] == 0 and sc["readOnlyRootFilesystem"] is True
@@ -388,6 +392,33 @@ def test_agent_daemonset_defaults() -> None:
     assert init["securityContext"] == {"privileged": True}
     assert init["volumeMounts"] == [{"name": "bpffs", "mountPath": "/sys/fs/bpf", "mountPropagation": "Bidirectional"}]
     assert "mount -t bpf bpf" in init["command"][-1]
+
+
+def _inventory_arg(values: dict | None = None) -> str:
+    (arg,) = [a for a in agent_pod(values)["containers"][0]["args"] if a.startswith("--inventory-interfaces=")]
+    return arg.split("=", 1)[1]
+
+
+def test_agent_inventory_interfaces_default_is_the_agents_own() -> None:
+    """agent.inventoryInterfaces renders --inventory-interfaces; its default is the agent's
+    default pattern (a drift fails here), which probes NICs and skips pods' veths."""
+    pattern = _inventory_arg()
+    assert pattern == DEFAULT_PROBE_PATTERN
+    probe = interface_selector(pattern)
+
+    def selected(name: str, index: int = 7) -> bool:      # the selector reads name and index only
+        return probe(SimpleNamespace(name=name, index=index))
+    assert selected("eth0") and selected("ens5f1") and selected("bond0")
+    assert not selected("veth1a2b") and not selected("cali12ab") and not selected("lxc_health")
+    assert not selected("lo", index=1)
+
+
+def test_agent_inventory_interfaces_is_passed_exactly() -> None:
+    """A regular expression with YAML- and shell-special characters reaches the agent as
+    one argument, unchanged; "" (probe none) is passed too."""
+    for pattern in (r"eth[0-9]+|ens\d+f[01]", r"(?!veth).+ <&>'\"", ""):
+        assert _inventory_arg({"agent": {"inventoryInterfaces": pattern}}) == pattern
+        interface_selector(pattern)      # the agent accepts it at start
 
 
 def test_agent_minimal_capabilities_scenario_has_no_privileged_container() -> None:
