@@ -328,7 +328,9 @@ class Agent:
                 was = before.get(r.interface) or {}
                 if r.replaced:
                     self._takeover_event(att, r, was, rank, rivals)
-                elif was.get("ready") and r.ok and not r.swapped:   # an update in place is no repair
+                elif was.get("ready") and r.ok and not (r.swapped or r.moved):
+                    # (an update in place, or a move by policy, e.g. to the preferred mode after a
+                    # takeover in another one, is no repair: the program was ours and there)
                     self._event(att, "Warning", reasons.DRIFT_REPAIRED,
                                 f"{r.interface}: program {was.get('progId')} was detached or replaced behind kube-xdp's back; "
                                 f"re-attached program {r.prog_id} in {r.mode} mode")

@@ -32,6 +32,7 @@ class IfaceResult:
     replaced: tuple | None = None       # (prog id, owner or None, why) of a program taken over
     swapped: bool = False               # an older version of this program replaced in place (same
                                         # mode, atomic): an update, not a new choice of mode
+    moved: bool = False                 # this program detached and attached again by policy (Reattach)
 
 
 @dataclasses.dataclass
@@ -71,7 +72,9 @@ class Executor:
                     out.interfaces.append(self._replace(action))
                 elif isinstance(action, Reattach):
                     self._detach(action.interface, action.old_digest, action.old_mode)
-                    out.interfaces.append(self._attach(action.interface, action.modes))
+                    res = self._attach(action.interface, action.modes)
+                    res.moved = True
+                    out.interfaces.append(res)
                 elif isinstance(action, Detach):
                     self._detach(action.interface, action.digest, action.mode)
                     out.detached.append(action.interface)

@@ -514,3 +514,28 @@ def test_a_second_restart_keeps_the_adopted_entry_without_a_write():
     writes = len(node.api.status_writes)
     node.restart()
     assert node.reconcile()["compile"] == first and len(node.api.status_writes) == writes
+
+
+def test_a_takeover_in_another_mode_then_the_move_to_the_preferred_one_is_no_drift():
+    node = Node()
+    node.kernel.attach_foreign("eth0", "generic", netns=NETNS)
+    node.create(takeOver=True)
+    log = HookLog(node)
+    node.reconcile()
+    assert log.calls == [("replace", "eth0", "generic")] and node.api.event_reasons() == [reasons.TOOK_OVER]
+    node.reconcile()             # generic was the foreign program's mode, native never tried: tried now
+    assert log.calls[1:] == [("detach", "eth0", "generic"), ("attach", "eth0", "native")]
+    assert node.entry()["mode"] == "native"
+    assert node.api.event_reasons() == [reasons.TOOK_OVER]               # no DriftRepaired
+
+
+def test_a_program_detached_behind_our_back_is_drift_repaired():
+    node = Node()
+    node.create()
+    node.reconcile()
+    ours = node.hook().drv_prog_id
+    with node.agent.pins.open_prog_fd(PROG, host_digest(node, "1")) as fd:
+        node.kernel.netlink(NETNS).detach("eth0", "native", expected_prog_fd=fd.fd)
+    node.reconcile()
+    assert node.hook().drv_prog_id == ours
+    assert node.api.event_reasons() == [reasons.DRIFT_REPAIRED]
