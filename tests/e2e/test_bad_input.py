@@ -7,7 +7,11 @@ message must contain). For every case, whatever the outcome:
 - no process crashed: the operator and every agent are the same processes as before;
 - a canary program on the same nodes (eth1, every node) keeps counting real packets;
 - nothing is half-attached: while the bad program exists it holds no hook (unless the
-  case expects it to), and once it is deleted no hook and no pin of it remains.
+  case expects it to), and once it is deleted no hook and no pin of it remains. Every
+  interface of every node namespace is read (lo included, through iproute2): each hook is
+  empty but the canary's on eth1.
+A failing case still deletes what it created; a clean-up failure then is added to the
+case's own error as a note, never in its place.
 
 Security cases (docs/api.md "What a source may include") also prove that no byte of a
 host file reaches a status, a message or an Event: the file holds a random token that is
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import secrets
 import struct
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +46,7 @@ GOOD = """
 int xdp_ok(struct xdp_md *ctx) { return XDP_PASS; }
 """
 CANARY = "e2e-canary"
+CANARY_IF = "eth1"
 TOKEN = f"KXE_SECRET_{secrets.token_hex(8)}"
 # A host file whose content must never show up anywhere: one absolute, one next to the
 # agents' working directory (the repository: the rig starts them there), reachable by a
@@ -102,6 +108,24 @@ CASES = [
          spec={"source": {"inline": f'#define F "{SECRET_ABS}"\n#include F\n' + GOOD}}),
     Case("include-digraph-and-continuation", "InvalidSpec", ("quoted name",),
          spec={"source": {"inline": f'%:\\\ninclude "{SECRET_ABS}"\n' + GOOD}}),
+    # a crafted define (a value the schema accepts: a header-name-like token) used as the
+    # header: the source is refused as a computed name, whatever the define holds
+    Case("define-names-the-include", "InvalidSpec", ("computed (macro) name", "HDR"),
+         spec={"defines": {"HDR": SECRET_REL}, "source": {"inline": "#include HDR\n" + GOOD}}),
+    Case("define-names-the-has-include", "InvalidSpec", ("computed (macro) name", "__has_include"),
+         spec={"defines": {"HDR": SECRET_REL},
+               "source": {"inline": "#if __has_include(HDR)\n#error found\n#endif\n" + GOOD}}),
+    # the _Pragma operator: `#pragma GCC dependency` looks any file up; as _Pragma it hides in a string
+    Case("pragma-operator-gcc-dependency", "InvalidSpec", ('_Pragma("GCC dependency ...") is not allowed',),
+         spec={"source": {"inline": f'_Pragma("GCC dependency \\"{SECRET_ABS}\\"")\n' + GOOD}}),
+    Case("pragma-operator-computed", "InvalidSpec", ("computed",),
+         spec={"source": {"inline": f'#define P(x) _Pragma(#x)\nP(GCC dependency "{SECRET_ABS}")\n' + GOOD}}),
+    Case("pragma-operator-pasted", "InvalidSpec", ("identifier _Pra is not allowed",),
+         spec={"source": {"inline": "#define CAT(a, b) a##b\n"
+                                    f'CAT(_Pra, gma)("GCC dependency \\"{SECRET_ABS}\\"")\n' + GOOD}}),
+    Case("define-stands-for-the-pragma-operator", "InvalidDefine", ("spec.defines[P]", "_Pragma"),
+         spec={"defines": {"P": "_Pragma"},
+               "source": {"inline": f'P("GCC dependency \\"{SECRET_ABS}\\"")\n' + GOOD}}),
     Case("configmap-missing", "SourceNotFound", ("does not exist",), spec={"source": {"configMapRef": {
         "namespace": "default", "name": "kxe-no-such-source", "key": "prog.c"}}}),
     Case("configmap-lacks-the-key", "SourceNotFound", ("has no key",), spec={"source": {"configMapRef": {
@@ -197,12 +221,88 @@ def _everything_said(kubexdp, name: str) -> str:
     return "\n".join(parts)
 
 
+def _hooks(netns: str) -> dict[str, tuple[str | None, int | None]]:
+    """Every interface of a node namespace (lo included) -> (mode, prog id) of its XDP
+    hook, as iproute2 reads it."""
+    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    return {link["ifname"]: kernel_xdp(netns, link["ifname"]) for link in json.loads(out)}
+
+
+def _half_attached(rig, canary) -> list[str]:
+    """What holds an XDP hook on any node that should not: every interface but the
+    canary's must be empty, the canary's must hold the canary."""
+    problems = []
+    for n in rig.nodes:
+        hooks = _hooks(n.netns)
+        if "lo" not in hooks or CANARY_IF not in hooks:
+            problems.append(f"{n.name}: iproute2 listed {sorted(hooks)}, without lo or {CANARY_IF}")
+        for ifname, (mode, prog) in sorted(hooks.items()):
+            want = canary[n.name]["progId"] if ifname == CANARY_IF else None
+            if prog != want:
+                problems.append(f"{n.name} {ifname}: XDP prog {prog} ({mode}), expected {want}")
+    return problems
+
+
+def _clean_up(kubexdp, case: Case, name: str) -> None:
+    """Delete what the case created (the program, awaited until gone; its ConfigMaps)."""
+    try:
+        if case.expect != "422":
+            kubexdp.delete(name)
+            kubexdp.wait_gone(name, timeout=90)
+    finally:
+        for cm in case.configmap or {}:
+            try:
+                kubexdp.core.delete_namespaced_config_map(cm, "default")
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+
+def _check_case(case: Case, name: str, body: dict, rig, kubexdp, canary, processes, before: dict) -> None:
+    """Create the bad program and check its outcome and every guarantee while it exists."""
+    evil = Path(rig.nodes[0].bpffs) / "kxe-evil"          # a path on a real bpffs, outside kube-xdp's
+    if case.expect == "422":
+        with pytest.raises(ApiException) as err:
+            kubexdp.create(body)
+        assert err.value.status == 422, err.value.body
+        for w in case.words:
+            assert w in err.value.body, err.value.body
+        assert kubexdp.get(name) is None if "/" not in name else True
+    else:
+        kubexdp.create(body)
+        want = "True" if case.ready else "False"
+        wait(lambda: kubexdp.is_current(name, "Ready", want)
+             and kubexdp.condition(name, "Ready")["reason"] == case.expect, 120,
+             f"{name} Ready={want} reason {case.expect}")
+        if not case.ready:
+            assert kubexdp.condition(name, "Stalled")["status"] == "True"     # kstatus: a failure, not a wait
+        said = _everything_said(kubexdp, name)     # the program's status, its attachments', Events
+        for w in case.words:
+            assert w in said, said[:3000]
+        if case.expect in REFUSED_BEFORE_LOADING:            # not pinned: it never loaded
+            for n in rig.nodes:
+                assert pins_of(n.bpffs, name) == [], (n.name, pins_of(n.bpffs, name))
+        assert TOKEN not in said
+    # nothing of it on any hook of any node (lo included); the canary still on its own
+    half = _half_attached(rig, canary)
+    assert not half, half
+    assert not evil.exists()                                 # no pin at a user's path
+    # no process crashed
+    assert processes() == before and all(before.values()), (before, processes())
+    # the canary on the same nodes keeps counting
+    for n in rig.nodes:
+        entry = canary[n.name]
+        count = _seen(entry)
+        traffic.send_udp(n.src_netns, n.interfaces[1]["node_ip"], 9, 20)
+        assert _seen(entry) - count >= 20, n.name
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, rig, kubexdp, canary, processes, secrets_on_disk):
     name = case.name or f"bad-{CASES.index(case)}"
     base = {"source": {"inline": GOOD}, "entrypoint": "xdp_ok", "interfaces": {"names": ["eth0"]}}
     spec = case.raw_spec if case.raw_spec is not None else _merge(base, case.spec)
-    evil = Path(rig.nodes[0].bpffs) / "kxe-evil"          # a path on a real bpffs, outside kube-xdp's
     if "@BPFFS@" in json.dumps(spec):
         spec = json.loads(json.dumps(spec).replace("@BPFFS@", rig.nodes[0].bpffs))
     body = {"apiVersion": names.API_VERSION, "kind": names.PROGRAM_KIND, "metadata": {"name": name}, "spec": spec}
@@ -210,53 +310,20 @@ def test_bad_input(case, rig, kubexdp, canary, processes, secrets_on_disk):
     for cm, data in (case.configmap or {}).items():
         kubexdp.core.create_namespaced_config_map("default", {"metadata": {"name": cm}, "data": data})
     try:
-        if case.expect == "422":
-            with pytest.raises(ApiException) as err:
-                kubexdp.create(body)
-            assert err.value.status == 422, err.value.body
-            for w in case.words:
-                assert w in err.value.body, err.value.body
-            assert kubexdp.get(name) is None if "/" not in name else True
-        else:
-            kubexdp.create(body)
-            want = "True" if case.ready else "False"
-            wait(lambda: kubexdp.is_current(name, "Ready", want)
-                 and kubexdp.condition(name, "Ready")["reason"] == case.expect, 120,
-                 f"{name} Ready={want} reason {case.expect}")
-            if not case.ready:
-                assert kubexdp.condition(name, "Stalled")["status"] == "True"     # kstatus: a failure, not a wait
-            said = _everything_said(kubexdp, name)     # the program's status, its attachments', Events
-            for w in case.words:
-                assert w in said, said[:3000]
-            for n in rig.nodes:                                      # nothing of it on any hook
-                assert kernel_xdp(n.netns, "eth0") == (None, None)
-                assert kernel_xdp(n.netns, "eth1")[1] == canary[n.name]["progId"]
-                if case.expect in REFUSED_BEFORE_LOADING:            # nor pinned: it never loaded
-                    assert pins_of(n.bpffs, name) == [], (n.name, pins_of(n.bpffs, name))
-            assert TOKEN not in said
-        assert not evil.exists()                                 # no pin at a user's path
-        # no process crashed
-        assert processes() == before and all(before.values()), (before, processes())
-        # the canary on the same nodes keeps counting
-        for n in rig.nodes:
-            entry = canary[n.name]
-            count = _seen(entry)
-            traffic.send_udp(n.src_netns, n.interfaces[1]["node_ip"], 9, 20)
-            assert _seen(entry) - count >= 20, n.name
-    finally:
-        if case.expect != "422":
-            kubexdp.delete(name)
-            kubexdp.wait_gone(name, timeout=90)
-            for n in rig.nodes:                                      # nothing left of it anywhere
-                assert pins_of(n.bpffs, name) == []
-                assert kernel_xdp(n.netns, "eth0") == (None, None)
-                assert kernel_xdp(n.netns, "eth1")[1] == canary[n.name]["progId"]
-        for cm in case.configmap or {}:
-            try:
-                kubexdp.core.delete_namespaced_config_map(cm, "default")
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+        _check_case(case, name, body, rig, kubexdp, canary, processes, before)
+    except BaseException as failure:
+        # clean up, but never let a clean-up error replace the case's own failure
+        try:
+            _clean_up(kubexdp, case, name)
+        except Exception as cleanup_error:
+            failure.add_note(f"clean-up after this failure also failed: {cleanup_error!r}")
+        raise
+    _clean_up(kubexdp, case, name)
+    # nothing left of it anywhere: no pin, no hook on any interface of any node
+    leftovers = [f"{n.name}: pins {pins_of(n.bpffs, name)}" for n in rig.nodes
+                 if case.expect != "422" and pins_of(n.bpffs, name)]
+    leftovers += _half_attached(rig, canary)
+    assert not leftovers, leftovers
 
 
 def test_the_catalogue_is_big_enough():
