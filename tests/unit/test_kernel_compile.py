@@ -58,6 +58,16 @@ def test_invalid_defines_rejected_before_bcc(no_bcc: None) -> None:
     assert compiler.cached_keys() == []
 
 
+@pytest.mark.parametrize("defines", [{"P": "_Pragma"}, {"H": "__has_include"}, {"X": "__has_"}, {"_Pragma": "1"}])
+def test_defines_that_could_become_file_reading_operators_are_rejected_before_bcc(no_bcc: None, defines) -> None:
+    """The agent's last check before bcc applies the API's define rule too (a third line of
+    defence after the operator's and the attachment's parse)."""
+    compiler = Compiler(kernel_release="6.18.0-test", bcc_version="0.26.0")
+    with pytest.raises(InvalidDefine):
+        compiler.load(CompileRequest(SRC, "xdp_main", defines))
+    assert compiler.cached_keys() == []
+
+
 @pytest.mark.parametrize("entrypoint", ["", "1x", "a-b", "x" * 65, "main\n", "a b"])
 def test_invalid_entrypoint_rejected_before_bcc(no_bcc: None, entrypoint: str) -> None:
     with pytest.raises(EntrypointNotFound):

@@ -126,6 +126,10 @@ def validate_defines(defines: Mapping[str, str]) -> None:
             raise InvalidDefine(
                 f"define {name} has value {value!r}: a leading '-' only before a digit or '.', and no '..'"
             )
+        # nor a name or value the preprocessor could turn into _Pragma / __has_include (file reads)
+        problem = api_spec.define_file_access(name, value)
+        if problem:
+            raise InvalidDefine(f"define {name}: {problem}")
 
 
 def validate_request(req: CompileRequest) -> None:
