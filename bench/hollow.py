@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.hollow", description=__doc__.split("\n\n")[0])
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--state", required=True, help="the rig's state dir (marks the process as the rig's)")
-    p.add_argument("--resync", type=float, default=2.0)
+    p.add_argument("--resync", type=float, default=3.0,
+                   help="drift-check interval, s (the bench passes the chart's agent.resync)")
     p.add_argument("nodes", nargs="+")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s hollow: %(message)s")

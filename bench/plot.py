@@ -110,7 +110,7 @@ def plot(res: dict, path: Path) -> Path:
                                                 d.get("same_instructions", True))
         ci = r.get("ci95") or [r["ratio_of_means"]] * 2
         aa = list(d["aa_hand_over_other_hands"].values())
-        ax.text(x, max(d["ns"]["deployed"]["mean"], d["hand_mean_ns"]) * 1.03,
+        ax.text(x, max(d["ns"]["deployed"]["mean"], d["hand_mean_ns"], *(d["ns"][h]["mean"] for h in hands)) * 1.04,
                 f"ratio {r['ratio_of_means']:.3f}\nCI {ci[0]:.3f}-{ci[1]:.3f}\ncopies {min(aa):.3f}-{max(aa):.3f}\n"
                 f"{v['verdict']}: {'MET' if v['met'] else 'MISSED' if v['met'] is False else '-'}",
                 ha="center", va="bottom", fontsize=7, color="black" if v["met"] is not False else "red")
@@ -118,7 +118,7 @@ def plot(res: dict, path: Path) -> Path:
     ax.set_ylabel("ns per packet (kernel, mean of rounds)")
     ax.set_title("BPF_PROG_TEST_RUN: deployed vs hand-attached (target 1.00 within noise)", fontsize=9)
     if names:
-        top = max(max(dp[n]["ns"]["deployed"]["mean"], dp[n]["hand_mean_ns"]) for n in names)
+        top = max(max(dp[n]["ns"]["deployed"]["mean"], *(v["mean"] for v in dp[n]["ns"].values())) for n in names)
         ax.set_ylim(0, top * 1.45)
         ax.legend(fontsize=7, loc="upper left")
 

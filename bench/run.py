@@ -4,7 +4,7 @@ the harness itself broke (the rig would not come up, a rollout never converged..
 
     python -m bench.run [--quick] [--name latest] [--only real,compile,...]
 
-A full run takes about 6-7 minutes on the 2-core VM, --quick about 4-5 (RUN_MINUTES).
+A full run takes about 6-7 minutes on the 2-core VM, --quick about 4-6 (RUN_MINUTES).
 Writes bench/results/<name>.json and bench/results/<name>.png, prints a summary table.
 Runs on a rig instance of its own ('kxb', free ports), torn down at the end, even on
 failure. See bench/README.md for what each number means.
@@ -32,8 +32,9 @@ FULL = {"real_reps": 7, "hollow": {10: 5, 50: 5, 200: 3}, "compile_reps": 3, "ca
         "dp_repeat": 1_000_000, "dp_rounds": 30, "tp_seconds": 4.0, "settle": 1.5, "idle_seconds": 65.0}
 QUICK = {"real_reps": 2, "hollow": {10: 2, 50: 1}, "compile_reps": 1, "cached_reps": 10,
          "dp_repeat": 1_000_000, "dp_rounds": 5, "tp_seconds": 2.0, "settle": 1.5, "idle_seconds": 10.0}
-# Wall time of a run, measured on the 2-core VM (a quiet one; a loaded machine takes longer).
-RUN_MINUTES = {"full": "about 6-7", "quick": "about 4-5"}
+# Wall time of a run on the 2-core VM: a full run took 5.2 min on a quiet machine before
+# its idle window grew from 10 to 65 s; --quick took 6.4 min at load average 10.
+RUN_MINUTES = {"full": "about 6-7", "quick": "about 4-6"}
 
 
 def now() -> str:
