@@ -224,12 +224,13 @@ def measure(info: RigInfo, cluster: Cluster, programs: dict[str, dict]) -> list[
                 program_ready_nodes=prog_status.get("readyNodes"),
                 expected_selected=sum(matches(spec.get("nodeSelector"), l) for l in labels.values()),
             )
-            measured = _TRAFFIC[name](node, links[iface], st if selected and st.get("pinPath") else None)
+            # the promise follows the labels (`selected`); the maps are read where they are
+            measured = _TRAFFIC[name](node, links[iface], st if st.get("pinPath") else None, selected)
             rows.append(Row(**base, **measured))
     return rows
 
 
-def _udp_drop(node, link: dict, st: dict | None) -> dict:
+def _udp_drop(node, link: dict, st: dict | None, selected: bool) -> dict:
     """SENT to DROP_PORT are dropped (and counted in stats[0]), SENT to PASS_PORT arrive."""
     key = struct.pack("<I", 0)
     before = _read(st, "stats", key) if st else 0
@@ -239,7 +240,7 @@ def _udp_drop(node, link: dict, st: dict | None) -> dict:
         traffic.send_udp(node.src_netns, link["node_ip"], PASS_PORT, SENT)
         got_drop, got_pass = rx_drop.count(), rx_pass.count()
     dropped = (_read(st, "stats", key) - before) if st else 0
-    promised = SENT if st else 0
+    promised = SENT if selected else 0
     return dict(counts={f"arrived at :{DROP_PORT}": (got_drop, SENT - promised),
                         f"arrived at :{PASS_PORT}": (got_pass, SENT),
                         "dropped (map stats[0])": (dropped, promised)},
@@ -247,7 +248,7 @@ def _udp_drop(node, link: dict, st: dict | None) -> dict:
                 expect=f"{SENT} to :{DROP_PORT} dropped, {SENT} to :{PASS_PORT} arrive")
 
 
-def _proto_count(node, link: dict, st: dict | None) -> dict:
+def _proto_count(node, link: dict, st: dict | None, selected: bool) -> dict:
     """SENT UDP datagrams counted under protocol 17."""
     key = struct.pack("<I", 17)
     before = _read(st, "proto_count", key) if st else 0
@@ -255,12 +256,12 @@ def _proto_count(node, link: dict, st: dict | None) -> dict:
         traffic.send_udp(node.src_netns, link["node_ip"], COUNT_PORT, SENT)
         arrived = rx.count()
     udp = (_read(st, "proto_count", key) - before) if st else 0
-    return dict(counts={"UDP counted (map proto_count[17])": (udp, SENT if st else 0),
+    return dict(counts={"UDP counted (map proto_count[17])": (udp, SENT if selected else 0),
                         f"arrived at :{COUNT_PORT}": (arrived, SENT)},
                 counted=f"{udp} udp", dropped=0, expect=f"{SENT} UDP counted")
 
 
-def _blocklist(node, link: dict, st: dict | None) -> dict:
+def _blocklist(node, link: dict, st: dict | None, selected: bool) -> dict:
     """On a selected node, the traffic source is put in the map from user space and its
     SENT datagrams are dropped (counted in its map value); elsewhere they arrive."""
     key = ipaddress.IPv4Address(link["src_ip"]).packed
@@ -276,7 +277,7 @@ def _blocklist(node, link: dict, st: dict | None) -> dict:
         traffic.send_udp(node.src_netns, link["node_ip"], BLOCK_PORT, SENT)
         arrived = rx.count()
     hits = (_read(st, "blocklist", key) - before) if st else 0
-    if st:
+    if selected:
         return dict(counts={f"arrived at :{BLOCK_PORT}": (arrived, 0), "dropped (map blocklist[source])": (hits, SENT)},
                     counted=f"{arrived} arrived", dropped=hits, expect=f"{SENT} from {link['src_ip']} dropped")
     return dict(counts={f"arrived at :{BLOCK_PORT}": (arrived, SENT)},

@@ -79,12 +79,12 @@ def link_states(netns: str) -> dict[str, str]:
 
 
 def link_addrs(netns: str) -> dict[str, set[str]]:
-    """ifname -> its IPv4 addresses as 'a.b.c.d/len', for every link that has one."""
+    """ifname -> its IPv4 addresses as 'a.b.c.d/len', for every non-loopback link that has one."""
     out = run("ip", "-n", netns, "-o", "-4", "addr", "show")
     addrs: dict[str, set[str]] = {}
     for line in out.splitlines():
         fields = line.split()
-        if len(fields) >= 4 and fields[2] == "inet":
+        if len(fields) >= 4 and fields[2] == "inet" and fields[1] != "lo":
             addrs.setdefault(fields[1].split("@", 1)[0], set()).add(fields[3])
     return addrs
 

@@ -127,10 +127,11 @@ class Rig:
 
     def leftovers(self) -> dict:
         """Everything of this instance that exists on the machine right now."""
+        running = self.procs.running()
+        known = {p.pid for p in running}
         return {
-            "processes": sorted({f"{p.name}[{p.pid}]" for p in self.procs.running()}
-                                | {f"{_comm(pid)}[{pid}]" for pid in self.procs.strays()
-                                   if pid not in {p.pid for p in self.procs.running()}}),
+            "processes": sorted({f"{p.name}[{p.pid}]" for p in running}
+                                | {f"{_comm(pid)}[{pid}]" for pid in self.procs.strays() if pid not in known}),
             "netns": netns.rig_netns(self.config.instance),
             "mounts": netns.mounts_under(self.state),
             "state_dir": self.state.exists() or self.failed_logs.exists(),

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -13,18 +19,33 @@ import kubernetes
 import pytest
 from kubernetes.client.rest import ApiException
 
+from kube_xdp_rig import controlplane
 from kube_xdp_rig import netns as rig_netns
 from kube_xdp_rig.apply import wait_established
 from kube_xdp_rig import traffic
-from kube_xdp_rig.cluster import rig_ports
+from kube_xdp_rig.cluster import admin_client, rig_ports
 from kube_xdp_rig.config import ConfigError, RigConfig
 from kube_xdp_rig.controlplane import RigError
 from kube_xdp_rig.rig import Rig
 
-from .conftest import TEST_CONFIG, api_client
+from .conftest import TEST_CONFIG, TEST_INSTANCE, api_client
 
 
 pytestmark = pytest.mark.rig
+
+REPO = Path(__file__).resolve().parents[2]
+# the instance for the tests that bring up a rig of their own, one at a time (never the
+# session's, never a person's): the session's name plus "2"
+SECOND = TEST_INSTANCE[:7] + "2"
+
+
+def quiet(*_):
+    pass
+
+
+def rig_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kube_xdp_rig", "--instance", SECOND, *args],
+                          capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_api_server_answers_with_tls_and_token(admin):
@@ -150,19 +171,53 @@ def _pin_map(path: Path) -> None:
 
 
 def test_up_is_idempotent(rig):
-    again = Rig(RigConfig(**TEST_CONFIG)).up(log=lambda *_: None)
+    messages = []
+    again = Rig(RigConfig(**TEST_CONFIG)).up(log=messages.append)
     assert [n.name for n in again.nodes] == [n.name for n in rig.nodes]
     assert again.nodes[0].interfaces == rig.nodes[0].interfaces   # nothing was rebuilt
+    assert any(m.startswith(f"rig: already up ({rig.server})") for m in messages), messages
+    assert not any("creating node" in m or "stale" in m for m in messages), messages
+
+
+def test_status_while_up(rig):
+    proc = subprocess.run([sys.executable, "-m", "kube_xdp_rig", "--instance", TEST_INSTANCE, "status"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"rig '{TEST_INSTANCE}': up at {rig.server}" in proc.stdout
+    for name in ("etcd", "kube-apiserver"):
+        assert f"process {name}" in proc.stdout
+    for node in rig.nodes:
+        assert f"node {node.name}" in proc.stdout and f"netns {node.netns}" in proc.stdout
+    assert proc.stdout.count("eth0:UP, eth1:UP") == 3 and "bpffs mounted" in proc.stdout
+    status = Rig(RigConfig(**TEST_CONFIG)).status()
+    assert status["up"] and status["leftovers"] is None and status["problem"] is None
+
+
+def _taken_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s, s.getsockname()[1]
 
 
 def test_port_already_taken_is_a_clear_error():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        port = s.getsockname()[1]
-        with pytest.raises(RigError, match=rf"port {port} for kube-apiserver is already in use.*--apiserver-port"):
-            Rig(RigConfig(instance="kxp", nodes=1, apiserver_port=port, etcd_port=rig_ports()["etcd_port"])).up(log=lambda *_: None)
-    assert not Rig(RigConfig(instance="kxp")).leftovers()["netns"]
+    s, port = _taken_port()
+    with s:
+        with pytest.raises(RigError, match=rf"^port {port} for kube-apiserver is already in use by .*: stop it, or pass --apiserver-port PORT$"):
+            Rig(RigConfig(instance=SECOND, nodes=1, apiserver_port=port, etcd_port=rig_ports()["etcd_port"])).up(log=quiet)
+    assert not any(Rig(RigConfig(instance=SECOND)).leftovers().values())
+
+
+def test_etcd_port_already_taken_is_a_clear_error():
+    s, port = _taken_port()
+    with s:
+        proc = rig_cli("up", "--nodes", "1", "--etcd-port", str(port), "--apiserver-port", str(rig_ports()["apiserver_port"]))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert re.fullmatch(rf"kube-xdp-rig: port {port} for etcd is already in use by .*pid={os.getpid()}.*: "
+                        r"stop it, or pass --etcd-port PORT", lines[0]), lines   # names the owner: this test
+    assert not any(Rig(RigConfig(instance=SECOND)).leftovers().values())
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -181,35 +236,278 @@ def test_bad_options_are_refused_before_anything_is_touched(bad, match):
 
 
 def test_cli_down_when_nothing_is_up_says_so():
-    proc = subprocess.run([sys.executable, "-m", "kube_xdp_rig", "--instance", "kxn", "down"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0 and "nothing to do" in proc.stdout
-    status = subprocess.run([sys.executable, "-m", "kube_xdp_rig", "--instance", "kxn", "status"],
-                            capture_output=True, text=True)
-    assert status.returncode == 3 and "down" in status.stdout
+    proc = rig_cli("down")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"rig: nothing to do: no rig '{SECOND}' is up"
+    status = rig_cli("status")
+    assert status.returncode == 3 and status.stdout.strip() == f"rig '{SECOND}': down"
 
 
-def test_down_leaves_nothing_behind():
-    r = Rig(RigConfig(instance="kxd", nodes=2, **rig_ports()))
-    info = r.up(log=lambda *_: None)
-    pids = [p.pid for p in r.procs.running()]
-    assert len(pids) == 2 and len(rig_netns.list_netns("kxd-")) == 4 and rig_netns.mounts_under(Path(info.state_dir))
-    r.down(log=lambda *_: None)
-    assert r.leftovers() == {"processes": [], "netns": [], "mounts": [], "state_dir": False}
-    assert not any(Path(f"/proc/{p}").exists() for p in pids)
-    assert not Path(info.state_dir).exists()
-    assert not any(p.name.startswith(".kxd") for p in Path(info.state_dir).parent.iterdir())
+class Bystanders:
+    """Processes of a person that name paths in the rig's state directory but are not the
+    rig's: `tail -f` of a log, a client with the admin kubeconfig. They must survive."""
+
+    def __init__(self, state_dir: str):
+        self.procs = [
+            subprocess.Popen(["tail", "-f", f"{state_dir}/logs/etcd.log"], stdout=subprocess.DEVNULL),
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)",
+                              "--kubeconfig", f"{state_dir}/admin.kubeconfig", "get", "-w"]),
+        ]
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def test_down_leaves_nothing_behind_and_only_stops_the_rigs_processes():
+    root = Path(tempfile.mkdtemp(prefix="kxd-root-", dir="/run"))
+    r = Rig(RigConfig(instance=SECOND, nodes=2, state_root=root / "kube-xdp-rig", **rig_ports()))
+    info = r.up(log=quiet)
+    bystanders = Bystanders(info.state_dir)
+    try:
+        pids = [p.pid for p in r.procs.running()]
+        assert len(pids) == 2 and len(rig_netns.rig_netns(SECOND)) == 4 and rig_netns.mounts_under(Path(info.state_dir))
+        # a namespace that only looks like the rig's is not the rig's
+        subprocess.run(["ip", "netns", "add", f"{SECOND}-lab"], check=True)
+        # a rig process that lost its pid file (a crash between start and write) is still found
+        (r.procs.pid_dir / "etcd.pid").unlink()
+        assert r.procs.pid("etcd") is None and set(r.procs.strays()) == set(pids)
+        r.down(log=quiet)
+        assert r.leftovers() == {"processes": [], "netns": [], "mounts": [], "state_dir": False}
+        assert not any(Path(f"/proc/{p}").exists() for p in pids)
+        assert bystanders.alive(), "down signalled a process the rig did not start"
+        assert f"{SECOND}-lab" in rig_netns.list_netns(f"{SECOND}-")
+        assert not Path(info.state_dir).exists()
+        assert not (root / "kube-xdp-rig").exists(), "the empty state root stays after down"
+    finally:
+        bystanders.stop()
+        subprocess.run(["ip", "netns", "del", f"{SECOND}-lab"], capture_output=True)
+        r.down(log=quiet)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_up_recovers_a_crashed_rig():
-    r = Rig(RigConfig(instance="kxc", nodes=1, **rig_ports()))
-    r.up(log=lambda *_: None)
+    r = Rig(RigConfig(instance=SECOND, nodes=1, **rig_ports()))
+    info = r.up(log=quiet)
+    bystanders = Bystanders(info.state_dir)
     try:
         os.kill(r.procs.pid("kube-apiserver"), 9)          # crash: pid file and namespaces stay
         os.kill(r.procs.pid("etcd"), 9)
+        status = rig_cli("status")
+        assert status.returncode == 3
+        assert f"rig '{SECOND}': DOWN, but parts of it are still here (etcd and kube-apiserver not running)" in status.stdout
+        assert f"netns   {SECOND}-node-1" in status.stdout and f"--instance {SECOND} down" in status.stdout
         messages = []
         info = r.up(log=messages.append)
         assert any("stale rig" in m for m in messages)
         assert r.healthy() and [n.name for n in info.nodes] == ["node-1"]
+        assert bystanders.alive(), "stale-rig cleanup signalled a process the rig did not start"
     finally:
-        r.down(log=lambda *_: None)
+        bystanders.stop()
+        r.down(log=quiet)
+
+
+def test_up_never_wipes_a_live_rig():
+    """A slow API server is waited for (bounded, then a clear error that removes nothing);
+    a dead API server on a live etcd is restarted on the rig's data; status says which."""
+    cfg = RigConfig(instance=SECOND, nodes=1, **rig_ports())
+    r = Rig(cfg)
+    info = r.up(log=quiet)
+    try:
+        marker = {"metadata": {"name": "survivor"}, "data": {"a": "b"}}
+        with admin_client(info) as api:
+            kubernetes.client.CoreV1Api(api).create_namespaced_config_map("default", marker)
+        etcd = r.procs.pid("etcd")
+        apiserver = r.procs.pid("kube-apiserver")
+
+        os.kill(apiserver, signal.SIGSTOP)                 # alive, but /readyz does not answer
+        try:
+            with pytest.raises(RigError, match=r"has not answered /readyz for 3s .*nothing was removed.*'down' to start over"):
+                Rig(cfg, ready_wait=3).up(log=quiet)
+            assert r.procs.pid("etcd") == etcd and r.procs.pid("kube-apiserver") == apiserver
+            status = rig_cli("status")
+            assert status.returncode == 3 and "(kube-apiserver not answering /readyz)" in status.stdout
+            threading.Timer(4, os.kill, (apiserver, signal.SIGCONT)).start()
+            messages = []
+            Rig(cfg, ready_wait=60).up(log=messages.append)
+        finally:
+            os.kill(apiserver, signal.SIGCONT)
+        assert any("not answering /readyz; retrying for up to 60s" in m for m in messages), messages
+        assert any(m.startswith("rig: already up") for m in messages), messages
+        assert r.procs.pid("etcd") == etcd and r.procs.pid("kube-apiserver") == apiserver
+
+        os.kill(apiserver, signal.SIGKILL)
+        controlplane_gone = time.monotonic() + 10
+        while r.procs.pid("kube-apiserver") and time.monotonic() < controlplane_gone:
+            time.sleep(0.1)
+        status = rig_cli("status")
+        assert status.returncode == 3 and "(kube-apiserver not running)" in status.stdout and f"etcd[{etcd}]" in status.stdout
+        messages = []
+        info = r.up(log=messages.append)
+        assert any("kube-apiserver is not running (etcd is" in m for m in messages), messages
+        assert r.procs.pid("etcd") == etcd and r.procs.pid("kube-apiserver") not in (None, apiserver)
+        with admin_client(info) as api:                    # etcd's data was kept
+            assert kubernetes.client.CoreV1Api(api).read_namespaced_config_map("survivor", "default").data == {"a": "b"}
+    finally:
+        r.down(log=quiet)
+
+
+def test_a_second_up_with_fewer_interfaces_removes_the_extra_ones():
+    ports = rig_ports()
+    r = Rig(RigConfig(instance=SECOND, nodes=1, interfaces=("eth0", "eth1", "eth2"), **ports))
+    r.up(log=quiet)
+    try:
+        etcd = r.procs.pid("etcd")
+        node = r.info().nodes[0]
+        mac0 = rig_netns.mac(node.netns, "eth0")
+        messages = []
+        info = Rig(RigConfig(instance=SECOND, nodes=1, interfaces=("eth0", "eth1"), **ports)).up(log=messages.append)
+        assert any("removing interface(s) eth2" in m for m in messages), messages
+        assert rig_netns.link_states(node.netns) == {"eth0": "UP", "eth1": "UP"}
+        assert set(rig_netns.link_states(node.src_netns)) == {"eth0", "eth1"}
+        assert [l["name"] for l in info.nodes[0].interfaces] == ["eth0", "eth1"]
+        assert r.info().config["interfaces"] == ["eth0", "eth1"]
+        assert rig_netns.mac(node.netns, "eth0") == mac0 and r.procs.pid("etcd") == etcd   # nothing else rebuilt
+        # a different set in another order: the node is rebuilt to exactly it
+        info = Rig(RigConfig(instance=SECOND, nodes=1, interfaces=("eth1", "eth0"), **ports)).up(log=quiet)
+        assert rig_netns.link_states(node.netns) == {"eth0": "UP", "eth1": "UP"}
+        addrs = rig_netns.link_addrs(node.netns)
+        assert addrs == {l["name"]: {l["node_ip"] + "/30"} for l in info.nodes[0].interfaces}
+        assert addrs["eth1"] == {"198.18.1.2/30"}
+    finally:
+        r.down(log=quiet)
+
+
+def test_a_missing_binary_is_one_line_and_cleans_up():
+    """No openssl (nor anything else) on PATH: one line naming it, exit 1, nothing left."""
+    env = {**os.environ, "PATH": "/nonexistent"}
+    proc = rig_cli("up", "--nodes", "1", *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in rig_ports().items()), []),
+                   env=env)
+    try:
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert lines[0].startswith("kube-xdp-rig: 'up' failed: command or file not found: openssl (install what is missing: make deps)")
+        trace = Path(lines[0].split("traceback: ", 1)[1].split(";", 1)[0])
+        assert trace.is_file() and "FileNotFoundError" in trace.read_text()
+        left = Rig(RigConfig(instance=SECOND)).leftovers()
+        assert left["processes"] == [] and left["netns"] == [] and left["mounts"] == []
+    finally:
+        assert rig_cli("down").returncode == 0
+    assert not any(Rig(RigConfig(instance=SECOND)).leftovers().values())
+
+
+# -- a half-built cache and a failed package install (no network needed) ---------------------
+def _truncated_apiserver(cache: Path) -> Path:
+    real = controlplane.apiserver_binary(RigConfig().cache_dir)
+    binary = cache / "bin" / real.name
+    binary.parent.mkdir(parents=True)
+    binary.write_bytes(real.read_bytes()[: 1 << 20])             # an interrupted copy
+    binary.chmod(0o755)
+    return binary
+
+
+def test_a_truncated_cached_apiserver_is_detected_and_rebuilt(tmp_path, capsys):
+    binary = _truncated_apiserver(tmp_path)
+    failing = tmp_path / "fail.sh"
+    failing.write_text("echo 'build-kube-apiserver: apt-get source kubernetes failed' >&2; exit 1\n")
+    with pytest.raises(RigError, match=r"^building kube-apiserver failed \(fail.sh exited 1; its message is above\): "
+                                       r"fix that, then rerun 'make apiserver'$"):
+        controlplane.apiserver_binary(tmp_path, build_script=failing)
+    assert "does not run (truncated or corrupted); removing it and building it again" in capsys.readouterr().out
+    assert not binary.exists()
+    # a build that works: the binary is there and runs afterwards
+    real = controlplane.apiserver_binary(RigConfig().cache_dir)
+    working = tmp_path / "ok.sh"
+    working.write_text(f"cp {real} \"$KUBE_XDP_CACHE/bin/kube-apiserver-$KUBE_XDP_APISERVER_BUILD_ID\"\n")
+    assert controlplane.apiserver_binary(tmp_path, build_script=working) == binary
+    assert subprocess.run([str(binary), "--version"], capture_output=True).returncode == 0
+
+
+def _fake_apt(bin_dir: Path, log: Path) -> None:
+    """apt-get that logs its arguments and fails where FAKE_APT_FAIL says."""
+    (bin_dir / "apt-get").write_text(
+        "#!/bin/sh\n"
+        f"echo \"$*\" >> {log}\n"
+        'case "$1" in "$FAKE_APT_FAIL") echo "E: fake $1 failure" >&2; exit 100;; esac\n'
+        "exit 0\n")
+    (bin_dir / "apt-get").chmod(0o755)
+
+
+@pytest.mark.skipif(not Path("/usr/lib/go-1.19/bin/go").exists() or not shutil.which("dpkg-source"),
+                    reason="needs Debian's golang-1.19-go and dpkg-dev (make deps)")
+def test_build_script_discards_a_half_built_cache_and_says_what_failed(tmp_path):
+    binary = _truncated_apiserver(tmp_path)
+    half = tmp_path / "build" / "kube-apiserver"
+    (half / "src").mkdir(parents=True)
+    (half / "src" / "half-written.go").write_text("package half")
+    (binary.parent / f"{binary.name}.tmp.999").write_bytes(b"\x7fELF")
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    _fake_apt(fake, tmp_path / "apt.log")
+    env = {**os.environ, "KUBE_XDP_CACHE": str(tmp_path), "PATH": f"{fake}:{os.environ['PATH']}", "FAKE_APT_FAIL": "source"}
+    env.pop("KUBE_XDP_APISERVER_BUILD_ID", None)
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "build-kube-apiserver.sh")], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 1
+    assert f"the cached {binary} does not run (truncated or corrupted): rebuilding it" in proc.stdout
+    assert f"discarding the half-built tree of an interrupted run ({half})" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith("build-kube-apiserver: apt-get source kubernetes failed:")
+    assert not binary.exists() and not list(binary.parent.glob("*.tmp.*")) and not (half / "src").exists()
+    assert binary.name == f"kube-apiserver-{(REPO / 'scripts' / 'kube-apiserver.build-id').read_text().strip()}"
+
+
+def _deps_env(tmp_path: Path, fail: str, kubectl: bool) -> dict:
+    """PATH with only what install-host-deps.sh needs, dpkg-query saying every package but
+    kubernetes-client is installed, a fake apt-get, and kubectl present or not."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("id", "grep", "uname", "ls", "sort", "tail", "mkdir", "ln", "cat"):
+        (fake / tool).symlink_to(shutil.which(tool))
+    (fake / "dpkg-query").write_text(        # dpkg-query -W -f='${Status}' PACKAGE
+        "#!/bin/sh\n"
+        'case "$3" in kubernetes-client) echo "dpkg-query: no packages found matching $3" >&2; exit 1;; esac\n'
+        "printf 'install ok installed'\n")
+    (fake / "dpkg-query").chmod(0o755)
+    if kubectl:
+        (fake / "kubectl").write_text("#!/bin/sh\nexit 0\n")
+        (fake / "kubectl").chmod(0o755)
+    _fake_apt(fake, tmp_path / "apt.log")
+    sources = tmp_path / "deb-src.sources"
+    sources.write_text("# present\n")
+    return {"PATH": str(fake), "FAKE_APT_FAIL": fail, "KUBE_XDP_DEB_SRC_FILE": str(sources)}
+
+
+def _deps(env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([shutil.which("bash"), str(REPO / "scripts" / "install-host-deps.sh")],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+needs_headers = pytest.mark.skipif(not Path(f"/lib/modules/{os.uname().release}/build/include").exists(),
+                                   reason="kernel headers not linked yet (make deps does it)")
+
+
+@needs_headers
+@pytest.mark.parametrize("fail, message", [
+    ("install", "install-host-deps: apt-get install failed for: kubernetes-client (apt's reason is above; fix it, then rerun 'make deps')"),
+    ("update", "install-host-deps: apt-get update failed: check network access and the Debian mirror in "
+               "/etc/apt/sources.list.d, then rerun 'make deps'"),
+])
+def test_deps_without_kubectl_install_kubernetes_client_and_say_what_failed(tmp_path, fail, message):
+    proc = _deps(_deps_env(tmp_path, fail, kubectl=False))
+    assert proc.returncode == 1
+    assert [l for l in proc.stderr.splitlines() if l.startswith("install-host-deps:")] == [message]
+    calls = (tmp_path / "apt.log").read_text().splitlines()
+    assert calls[0] == "update -qq"
+    if fail == "install":
+        assert calls[1].startswith("install ") and calls[1].split()[-1] == "kubernetes-client"
+
+
+@needs_headers
+def test_deps_with_everything_present_touch_nothing(tmp_path):
+    proc = _deps(_deps_env(tmp_path, "update", kubectl=True))
+    assert proc.returncode == 0 and proc.stdout.strip() == "install-host-deps: ok", proc.stderr
+    assert not (tmp_path / "apt.log").exists()
