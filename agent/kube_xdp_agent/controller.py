@@ -5,6 +5,11 @@
 - One worker thread runs every reconcile, so changes to the node's kernel are serial.
 - Every `resync` seconds each attachment is reconciled again: drift (a program detached
   or replaced behind our back, a pin removed, an interface that appeared) is repaired.
+- The kernel is read (hooks, pins, default route: observe.observe) once for the
+  reconciles the worker runs back to back, a resync tick's typically, and read again as
+  soon as one of them changed the kernel (an action other than Keep/Conflict, a build,
+  the inventory's probes), when the worker goes idle, and after OBSERVATION_MAX_AGE: an
+  idle tick reads the node once, whatever the number of attachments (`_observe`).
 - Finalizer kubexdp.io/agent is added before the first side effect and removed only after
   the program is detached from every interface of this node and unpinned.
 - A restart rebuilds everything from the API (desired) and from netlink + pins
@@ -42,8 +47,8 @@ from .kernel import offload
 from .kernel.compile import CompileRequest
 from .kernel.errors import KernelError
 from .nodeinfo import NodePublisher
-from .observe import observe
-from .plan import Rank, plan_attach, plan_cleanup, plan_gc, plan_repin
+from .observe import changes_kernel, observe
+from .plan import Observed, Rank, plan_attach, plan_cleanup, plan_gc, plan_repin
 from .report import attachment_status, transition_events
 
 log = logging.getLogger("kube_xdp_agent")
@@ -55,6 +60,9 @@ WATCH_TIMEOUT = 240
 # outage an agent is back within this many seconds of the server (30 s made a 60 s outage
 # take ~30 s more to converge; tests/faults/test_3_apiserver_outage.py).
 WATCH_BACKOFF_MAX = 8.0
+# An observation shared by back-to-back reconciles is read again after this many seconds
+# even if none of them changed the kernel (a long batch never plans on an old view).
+OBSERVATION_MAX_AGE = 1.0
 # The device's refusals of an offload build: the same key on the same device fails the same way.
 OFFLOAD_REFUSALS = frozenset({reasons.OFFLOAD_UNSUPPORTED, reasons.PROGRAM_NOT_OFFLOADABLE})
 
@@ -112,6 +120,15 @@ class Agent:
         # compiled or adopted (worker thread only): stable across resyncs, so an unchanged
         # reconcile writes nothing, and true to this process after a restart.
         self._compiled: dict[str, dict[str, dict]] = {}
+        # The kernel as last read (worker thread only; see _observe): shared by the
+        # reconciles run back to back until one changes the kernel or the worker idles.
+        self._observed: Observed | None = None
+        self._observed_at = 0.0
+        self._observed_primary = False        # whether its default route was read
+        # program -> digest12 -> PinnedProgram as last opened (worker thread only): reused
+        # while the observation shows the same prog id under each digest (a prog id's tag
+        # and pin paths never change), opened again otherwise.
+        self._pinned: dict[str, dict[str, Any]] = {}
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> None:
@@ -125,23 +142,33 @@ class Agent:
                 self._publish_inventory()
                 next_inventory = time.monotonic() + INVENTORY_SECONDS
             timeout = max(0.0, min(next_resync, next_inventory) - time.monotonic())
+            if self.queue.empty():
+                self._forget_observation()       # idle from here on: the next work reads the kernel afresh
             try:
                 name = self.queue.get(timeout=timeout)
             except queue.Empty:
                 if time.monotonic() < next_resync:
                     continue
-                with self._lock:
-                    names_ = list(self.cache)
-                for n in names_:
-                    self._enqueue(n)
-                self._collect_orphans()
+                self.resync()
                 next_resync = time.monotonic() + self.config.resync
                 continue
             if name is None:
                 break
-            with self._qlock:
-                self._queued.discard(name)       # a change from now on queues it again
-            self.reconcile_safely(name)
+            self.process(name)
+
+    def resync(self) -> None:
+        """A resync tick: queue every attachment of this node, remove orphans."""
+        with self._lock:
+            names_ = list(self.cache)
+        for n in names_:
+            self._enqueue(n)
+        self._collect_orphans()
+
+    def process(self, name: str) -> None:
+        """Reconcile `name`, taken from the queue."""
+        with self._qlock:
+            self._queued.discard(name)       # a change from now on queues it again
+        self.reconcile_safely(name)
 
     def _publish_inventory(self) -> None:
         """The XdpNode, on this (the worker) thread: probes attach to empty hooks only and
@@ -150,6 +177,8 @@ class Agent:
             self.publisher.refresh()
         except Exception as e:   # the inventory is informative: never stop the agent for it
             log.warning("could not publish XdpNode %s: %s", self.config.node_name, e)
+        finally:
+            self._forget_observation()       # its probes attached to and detached from hooks
 
     def reconcile_safely(self, name: str) -> None:
         try:
@@ -269,18 +298,22 @@ class Agent:
         req = CompileRequest(source=text, entrypoint=d.spec.fields.entrypoint, defines=dict(d.spec.fields.defines))
         key = self.builder.key(req)
         digest = key[:12]
-        observed = observe(self.netlink, self.pins)
+        primary = d.spec.fields.interfaces.primary
+        observed = self._observe(primary=primary)
         repins = plan_repin(program=program, recorded=_recorded(old, program), observed=observed)
         if repins:
-            done = Executor(self.netlink, self.pins, program=program).run(repins)
+            done = self._execute(Executor(self.netlink, self.pins, program=program), repins)
             if done.repinned:
                 self._event(att, "Warning", reasons.PIN_REPAIRED,
                             f"pins of {program} were removed behind kube-xdp's back; re-pinned {', '.join(done.repinned)} "
                             "from the running program (maps kept)")
-            observed = observe(self.netlink, self.pins)
+            observed = self._observe(primary=primary)
         if digest not in observed.pins.get(program, {}):
             try:
-                built = self.builder.build(req, program)
+                try:
+                    built = self.builder.build(req, program)
+                finally:
+                    self._forget_observation()      # it pins (a failed build may leave a staging directory)
             except KernelError as e:
                 output = getattr(e, "output", "") or ""
                 message = f"{e}\n{output}".strip() if output and output not in str(e) else str(e)
@@ -289,9 +322,9 @@ class Agent:
             self._compiled.setdefault(program, {})[key] = {
                 "durationMs": int(round(built.duration_ms)), "cacheHit": built.cache_hit, "digest": key}
             log.info("%s: compiled and pinned %s in %.0f ms", att["metadata"]["name"], digest, built.duration_ms)
-            observed = observe(self.netlink, self.pins)
+            observed = self._observe(primary=primary)
         t0 = time.monotonic()
-        own = {p.digest12: p for p in self.pins.open_pinned(program)}
+        own = self._own_pins(program, observed)
         pinned = own[digest]
         compile_info = compile_entry(self._compiled.setdefault(program, {}), key, set(own), old,
                                      adopt_ms=(time.monotonic() - t0) * 1000)
@@ -310,8 +343,9 @@ class Agent:
         executor = Executor(self.netlink, self.pins, program=program, want=digest, want_id=pinned.prog_id,
                             offload_build=self._offload_builder(program, req),
                             offload_refused=self._offload_refused(program, req))
-        outcome = executor.run(actions)
-        executor.run(plan_gc(program=program, keep=digest, observed=observe(self.netlink, self.pins)))
+        outcome = self._execute(executor, actions)
+        # (the same observation when nothing above changed the kernel: no second read)
+        self._execute(executor, plan_gc(program=program, keep=digest, observed=self._observe()))
         results = list(outcome.interfaces)
         if missing_reason and d.spec.fields.interfaces.names:
             present = set(observed.hooks)
@@ -464,13 +498,49 @@ class Agent:
         self.sources[d.spec.source_digest] = text
         return text
 
+    # -- the kernel, read and changed ---------------------------------------------------
+    def _observe(self, *, primary: bool = False) -> Observed:
+        """The kernel as read at most OBSERVATION_MAX_AGE ago and unchanged by this agent
+        since (else read now); with `primary`, its default route too (read once per
+        observation, only when an attachment selects the primary interface)."""
+        now = time.monotonic()
+        if self._observed is None or now - self._observed_at > OBSERVATION_MAX_AGE:
+            self._observed = observe(self.netlink, self.pins, primary=primary)
+            self._observed_at, self._observed_primary = now, primary
+        elif primary and not self._observed_primary:
+            self._observed = dataclasses.replace(self._observed, primary=self.netlink.default_route_interface())
+            self._observed_primary = True
+        return self._observed
+
+    def _forget_observation(self) -> None:
+        """The kernel may have changed (by this agent, or while it idled): read it again."""
+        self._observed = None
+
+    def _execute(self, executor: Executor, actions: list) -> Any:
+        """Run `actions`; the observation is forgotten when they may have changed the kernel."""
+        try:
+            return executor.run(actions)
+        finally:
+            if changes_kernel(actions):
+                self._forget_observation()
+
+    def _own_pins(self, program: str, observed: Observed) -> dict[str, Any]:
+        """digest12 -> PinnedProgram of `program`'s pins: opened again only when `observed`
+        (read from the kernel) shows other digests or prog ids than those opened last."""
+        ids = dict(observed.pins.get(program, {}))
+        known = self._pinned.get(program)
+        if known is None or {d: p.prog_id for d, p in known.items()} != ids:
+            known = {p.digest12: p for p in self.pins.open_pinned(program)}
+            self._pinned[program] = known
+        return dict(known)
+
     # -- deletion --------------------------------------------------------------------
     def _cleanup(self, att: dict, program: str) -> None:
         if names.FINALIZER_AGENT not in (att["metadata"].get("finalizers") or []):
             return
-        outcome = Executor(self.netlink, self.pins, program=program).run(
-            plan_cleanup(program=program, observed=observe(self.netlink, self.pins)))
-        left = observe(self.netlink, self.pins)
+        outcome = self._execute(Executor(self.netlink, self.pins, program=program),
+                                plan_cleanup(program=program, observed=self._observe()))
+        left = self._observe()
         still = [h.interface for h in left.hooks.values()
                  if any((left.owner(pid) or ("",))[0] == program for pid, _ in h.slots())]
         if still or program in left.pins or outcome.errors:
@@ -488,6 +558,7 @@ class Agent:
         for k in [k for k in self._offload_failures if k[0] == program]:
             del self._offload_failures[k]
         self._compiled.pop(program, None)
+        self._pinned.pop(program, None)
 
     def _cleanup_unparseable(self, att: dict) -> None:
         program = (att.get("metadata", {}).get("labels") or {}).get(names.LABEL_PROGRAM)
@@ -551,13 +622,13 @@ class Agent:
         with self._lock:
             wanted = {((a.get("spec") or {}).get("programRef") or {}).get("name") for a in self.cache.values()}
         try:
-            pinned = set(self.pins.list_programs())
-        except KernelError as e:
-            log.warning("cannot list pins: %s", e)
+            pinned = set(self._observe().pins)
+        except Exception as e:   # unreadable right now: the reconciles report it; checked again next tick
+            log.warning("cannot read the pins and hooks for the orphan check: %s", e)
             return
         for program in sorted(pinned - wanted):
-            outcome = Executor(self.netlink, self.pins, program=program).run(
-                plan_cleanup(program=program, observed=observe(self.netlink, self.pins)))
+            outcome = self._execute(Executor(self.netlink, self.pins, program=program),
+                                    plan_cleanup(program=program, observed=self._observe()))
             self._forget(program)
             log.warning("removed orphan program %s (no attachment on this node): detached from %s, unpinned %s",
                         program, ", ".join(outcome.detached) or "nothing", ", ".join(outcome.unpinned) or "nothing")

@@ -169,6 +169,9 @@ class Node:
         self.agent.cache[ATT] = copy.deepcopy(obj)
 
     def reconcile(self) -> dict:
+        # as the worker's loop: it went idle since the last reconcile (tests change the
+        # kernel in between), so the shared observation is read again
+        self.agent._forget_observation()
         self.agent.reconcile(ATT)
         return self.status()
 
@@ -539,3 +542,168 @@ def test_a_program_detached_behind_our_back_is_drift_repaired():
     node.reconcile()
     assert node.hook().drv_prog_id == ours
     assert node.api.event_reasons() == [reasons.DRIFT_REPAIRED]
+
+
+# --- 6. an idle resync reads the kernel once, whatever the number of attachments ----------
+class CountingReads:
+    """A netlink handle or pin store that counts the calls that read the kernel."""
+
+    READS = frozenset({"interfaces", "interface", "read_xdp", "default_route_interface", "list_programs",
+                       "open_pinned"})
+
+    def __init__(self, inner, counts: dict[str, int]) -> None:
+        self.inner, self.counts = inner, counts
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name not in self.READS:
+            return attr
+
+        def counted(*args, **kwargs):
+            self.counts[name] = self.counts.get(name, 0) + 1
+            return attr(*args, **kwargs)
+        return counted
+
+
+def count_reads(node: Node) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    node.agent.netlink = CountingReads(node.agent.netlink, counts)
+    node.agent.pins = CountingReads(node.agent.pins, counts)
+    return counts
+
+
+def add_attachment(node: Node, program: str, *, interfaces: dict, priority: int = 500,
+                   created: str = "2026-01-01T00:00:00Z") -> str:
+    name = f"{program}.{NODE}"
+    spec = {"nodeName": NODE, "programRef": {"name": program, "uid": f"uid-{program}"}, "programGeneration": 1,
+            "sourceDigest": source_digest(SOURCE), "entrypoint": "xdp_pass", "defines": {"VERSION": "1"},
+            "interfaces": interfaces, "mode": "native", "fallback": ["generic"], "priority": priority}
+    obj = {"apiVersion": names.API_VERSION, "kind": names.ATTACHMENT_KIND,
+           "metadata": {"name": name, "uid": f"att-{program}", "generation": 1, "resourceVersion": "1",
+                        "creationTimestamp": created, "finalizers": [names.FINALIZER_AGENT]},
+           "spec": spec}
+    node.api.objects[name] = obj
+    node.agent.cache[name] = copy.deepcopy(obj)
+    return name
+
+
+def tick(node: Node) -> None:
+    """One resync tick as Agent.run does it: the worker was idle, every attachment is
+    queued (and orphans collected), then the queue is worked off back to back."""
+    agent = node.agent
+    agent.synced.set()
+    agent._forget_observation()
+    agent.resync()
+    while not agent.queue.empty():
+        agent.process(agent.queue.get_nowait())
+    assert not agent._retrying, "a reconcile failed (see the log)"
+
+
+def three_programs(*, primary: bool = False) -> tuple[Node, list[str]]:
+    node = Node()
+    node.kernel.add_interface("eth1", netns=NETNS)
+    node.kernel.add_interface("eth2", netns=NETNS)
+    selectors = [{"primary": True} if primary else {"names": ["eth0"]}, {"names": ["eth1"]}, {"pattern": "eth2"}]
+    atts = [add_attachment(node, f"prog-{i}", interfaces=sel) for i, sel in enumerate(selectors)]
+    return node, atts
+
+
+def entry_of(node: Node, att: str, iface: str) -> dict:
+    return next(i for i in node.api.objects[att]["status"]["interfaces"] if i["name"] == iface)
+
+
+@pytest.mark.parametrize("primary", [False, True], ids=["names-and-pattern", "one-selects-primary"])
+def test_an_idle_resync_reads_the_kernel_once_for_all_attachments(primary):
+    node, atts = three_programs(primary=primary)
+    tick(node)
+    for att, iface in zip(atts, ("eth0", "eth1", "eth2")):
+        assert entry_of(node, att, iface)["ready"]
+    tick(node)
+    writes, events = len(node.api.status_writes), len(node.api.events)
+    counts = count_reads(node)
+    log = HookLog(node)
+    tick(node)
+    # one observation shared by the orphan check and the three reconciles: the links
+    # listed once, each program's pins opened once (not again to report them), the
+    # default route read only because (and when) an attachment selects the primary interface
+    assert counts == {"interfaces": 1, "list_programs": 1, "open_pinned": 3,
+                      **({"default_route_interface": 1} if primary else {})}
+    assert log.calls == [] and len(node.api.status_writes) == writes and len(node.api.events) == events
+
+
+def test_drift_is_repaired_on_the_next_tick_and_the_kernel_read_again_after_the_repair():
+    node, atts = three_programs()
+    tick(node)
+    ours = node.hook("eth1").drv_prog_id
+    with node.agent.pins.open_prog_fd("prog-1", host_digest(node, "1")) as fd:
+        node.kernel.netlink(NETNS).detach("eth1", "native", expected_prog_fd=fd.fd)
+    counts = count_reads(node)
+    tick(node)
+    assert node.hook("eth1").drv_prog_id == ours and entry_of(node, atts[1], "eth1")["ready"]
+    assert node.api.event_reasons() == [reasons.DRIFT_REPAIRED]
+    assert counts["interfaces"] == 2          # the tick's read, and once more after the repair changed the kernel
+
+
+def test_a_change_made_by_one_reconcile_is_seen_by_the_next_in_the_same_tick():
+    """The higher-priority program takes eth0 over; the other one, reconciled next in the
+    same tick, plans on the kernel read after that takeover: a Conflict, not a Keep of a
+    program that is no longer there."""
+    node = Node()
+    low = add_attachment(node, "low", interfaces={"names": ["eth0"]}, priority=100)
+    tick(node)
+    assert entry_of(node, low, "eth0")["ready"]
+    high = add_attachment(node, "high", interfaces={"names": ["eth0"]}, priority=900)
+    node.agent.cache = {high: node.agent.cache[high], low: node.agent.cache[low]}    # high's reconcile first
+    tick(node)
+    high_id = node.hook().drv_prog_id
+    assert entry_of(node, high, "eth0")["ready"] and entry_of(node, high, "eth0")["progId"] == high_id
+    lost = entry_of(node, low, "eth0")
+    assert not lost["ready"] and lost["reason"] == reasons.CONFLICT and str(high_id) in lost["message"]
+
+
+def test_an_observation_older_than_the_max_age_is_read_again(monkeypatch):
+    from kube_xdp_agent import controller
+    node, _ = three_programs()
+    tick(node)
+    tick(node)
+    counts = count_reads(node)
+    monkeypatch.setattr(controller, "OBSERVATION_MAX_AGE", -1.0)      # every use is too late
+    tick(node)
+    assert counts["interfaces"] == 1 + 3 * 2       # orphan check; each reconcile's plan and gc
+
+
+def test_the_worker_reads_the_kernel_afresh_after_idling(monkeypatch):
+    """Agent.run itself: an observation never outlives an idle worker, so drift behind our
+    back between two ticks is repaired on the next one (the max age made irrelevant)."""
+    import threading
+    import time
+
+    from kube_xdp_agent import controller
+    monkeypatch.setattr(controller, "OBSERVATION_MAX_AGE", 3600.0)
+    node = Node()
+    node.create()
+    agent = node.agent
+    agent.config.resync = 0.05
+    agent._watch_loop = lambda: None             # the harness fills the cache
+    agent.synced.set()
+
+    def wait(predicate, what):
+        deadline = time.monotonic() + 20
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+    worker = threading.Thread(target=agent.run, daemon=True)
+    worker.start()
+    try:
+        wait(lambda: node.hook().drv_prog_id is not None, "the attach")
+        ours = node.hook().drv_prog_id
+        wait(lambda: node.status().get("interfaces"), "the status")
+        with agent.pins.open_prog_fd(PROG, host_digest(node, "1")) as fd:
+            node.kernel.netlink(NETNS).detach("eth0", "native", expected_prog_fd=fd.fd)
+        wait(lambda: node.hook().drv_prog_id == ours, "the drift repair")
+    finally:
+        agent.stop.set()
+        agent.queue.put(None)
+        worker.join(10)
+    assert not worker.is_alive()
