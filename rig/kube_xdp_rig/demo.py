@@ -38,7 +38,7 @@ from kube_xdp_api.spec import DEFAULT_FALLBACK, DEFAULT_MODE
 
 from . import apply as applier
 from . import traffic, workloads
-from .cli import teardown_hint
+from .cli import error_line, teardown_hint
 from .cluster import Cluster
 from .config import DEFAULT_INSTANCE, ConfigError, RigConfig
 from .controlplane import RigError, free_ports, port_owner
@@ -342,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError as e:
         print(f"demo: {e}", file=sys.stderr)
         print(f"demo: agent and operator logs: {Rig(RigConfig(instance=args.instance)).procs.log_dir}/", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"demo: interrupted; the rig stays up ('{teardown_hint(args.instance)}' removes it)", file=sys.stderr)
+        return 130
+    except Exception as e:          # one line with the logs; the traceback in a file
+        print(f"demo: {error_line('demo', e, args.instance)}", file=sys.stderr)
         return 1
     ok = all(r.ok for r in rows)
     print(f"demo: done in {time.monotonic() - t0:.1f}s")
