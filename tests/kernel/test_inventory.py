@@ -3,7 +3,9 @@
 veth supports native and generic XDP, and refuses offload (a program cannot even be
 loaded bound to it: EINVAL); lo supports generic only (native: EOPNOTSUPP). A hook that
 holds a program is never probed. Every result is checked against iproute2's view of the
-hook afterwards: a probe must leave nothing behind.
+hook afterwards: a probe must leave nothing behind. The agent's selection of interfaces
+(--inventory-interfaces: not pods' veths, overlay devices or loopback) is checked against
+the kernel's own link notifications: an interface not selected sees no XDP attach.
 """
 
 from __future__ import annotations
@@ -11,14 +13,29 @@ from __future__ import annotations
 import errno
 import json
 import os
+import queue
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from kube_xdp_agent import inventory
-from kube_xdp_agent.inventory import SUPPORTED, UNKNOWN, UNSUPPORTED, find_headers, probe_interface, probe_node
+from kube_xdp_agent.inventory import (
+    NOT_SELECTED,
+    SUPPORTED,
+    UNKNOWN,
+    UNSUPPORTED,
+    find_headers,
+    interface_selector,
+    probe_interface,
+    probe_node,
+)
 from kube_xdp_agent.kernel import Netlink
+
+from .conftest import PREFIX, _counter, run
 
 pytestmark = pytest.mark.kernel
 
@@ -107,6 +124,114 @@ def test_select_limits_what_is_probed(netns_pair) -> None:
     assert set(calls) == {"lo"}
     assert inv.interface("lo").modes == ("generic",)
     assert inv.interface(netns_pair.ns_if).modes == () and len(inv.interface(netns_pair.ns_if).unknown_modes) == 3
+
+
+# -- the agent's selection, seen by the kernel --------------------------------------------------
+
+
+@pytest.fixture
+def pod_node() -> Iterator[str]:
+    """A node namespace as on a real cluster: a NIC (eth0, a veth whose peer is elsewhere),
+    two pods' veths (vethab12cd34, cali0123abcd), a CNI bridge (cni0), lo, all up; and
+    docker0 (a bridge) whose MTU marks the start and end of a recording."""
+    n = next(_counter)
+    node, pods = f"{PREFIX}-{n}", f"{PREFIX}-{n}-pods"
+    try:
+        run("ip", "netns", "add", node)
+        run("ip", "netns", "add", pods)
+        for name, peer in (("eth0", "nic-peer"), ("vethab12cd34", "pod1-eth0"), ("cali0123abcd", "pod2-eth0")):
+            run("ip", "link", "add", name, "netns", node, "type", "veth", "peer", "name", peer, "netns", pods)
+            run("ip", "-n", pods, "link", "set", peer, "up")
+        for bridge in ("cni0", "docker0"):
+            run("ip", "-n", node, "link", "add", bridge, "type", "bridge")
+        for name in ("lo", "eth0", "vethab12cd34", "cali0123abcd", "cni0", "docker0"):
+            run("ip", "-n", node, "link", "set", name, "up")
+        yield node
+    finally:
+        run("ip", "netns", "del", node, check=False)
+        run("ip", "netns", "del", pods, check=False)
+
+
+class LinkMonitor:
+    """`ip -n NS monitor link`: every RTM_NEWLINK the kernel sends about the namespace's
+    interfaces (an XDP attach or detach on an interface that is up sends one: do_setlink's
+    notification), recorded between two marks (an MTU change on `marker`)."""
+
+    START_MTU, END_MTU = 1300, 1301
+
+    def __init__(self, netns: str, marker: str) -> None:
+        self.netns, self.marker = netns, marker
+        self.proc = subprocess.Popen(["ip", "-o", "-n", netns, "monitor", "link"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.lines: list[str] = []
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self._lines.put(line.strip())
+        self._lines.put(None)
+
+    def _mark(self, mtu: int, timeout: float = 30.0) -> list[str]:
+        """Set the marker's MTU; the lines seen before its notification."""
+        run("ip", "-n", self.netns, "link", "set", "dev", self.marker, "mtu", str(mtu))
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise AssertionError(f"ip monitor never showed the mark (mtu {mtu}); got {seen}")
+            if line.split(":", 2)[1].strip() == self.marker and f" mtu {mtu} " in line:
+                return seen
+            seen.append(line)
+
+    def __enter__(self) -> LinkMonitor:
+        self._mark(self.START_MTU)        # the monitor is listening from here on
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.lines = self._mark(self.END_MTU)   # everything the probes caused is before this
+        finally:
+            self.proc.kill()
+            self.proc.wait()
+            self._reader.join(timeout=5)
+            self.proc.stdout.close()  # type: ignore[union-attr]
+
+    def about(self, name: str) -> list[str]:
+        """Notifications about interface `name` (`<index>: <name>[@peer]: <...>`)."""
+        return [line for line in self.lines if line.split(":", 2)[1].strip().split("@")[0] == name]
+
+
+def test_unselected_interfaces_see_no_xdp_attach(pod_node) -> None:
+    """The agent's default selection on a node with pods: the NIC is probed (the kernel
+    notifies its XDP attaches); the pods' veths, the CNI bridge and lo are listed but the
+    kernel never reports an XDP attach or any other change on them."""
+    attaches: list[str] = []
+    with Netlink(pod_node) as nl:
+        real_attach = nl.attach
+        nl.attach = lambda *a, **k: attaches.append(a[0]) or real_attach(*a, **k)  # type: ignore[method-assign]
+        with LinkMonitor(pod_node, "docker0") as mon:
+            inv = probe_node(nl, select=interface_selector())
+    # The recording works: eth0's generic and native probes, attach and detach, were notified.
+    nic = mon.about("eth0")
+    assert any(" xdpgeneric/id:" in line for line in nic) and any(" xdp/id:" in line for line in nic), nic
+    assert inv.interface("eth0").modes == ("native", "generic") and inv.interface("eth0").probed
+    for name in ("vethab12cd34", "cali0123abcd", "cni0", "lo"):
+        assert mon.about(name) == [], f"{name} is not selected, yet the kernel reported: {mon.about(name)}"
+        listed = inv.interface(name)
+        assert listed is not None and not listed.probed
+        assert listed.unknown_modes == ("offload", "native", "generic")
+        assert {p.detail for p in listed.probes} == {NOT_SELECTED}
+    assert set(attaches) == {"eth0"}                   # the agent's side agrees
+    assert inv.interface("vethab12cd34").driver == "veth" and inv.interface("cni0").driver == "bridge"
+    for name in ("eth0", "vethab12cd34", "cali0123abcd", "cni0", "lo"):
+        assert hook(pod_node, name) is None
 
 
 def test_headers_lookup(tmp_path) -> None:
