@@ -6,6 +6,7 @@ reader of IFLA_XDP, so a wrong decoding in our layer cannot pass unnoticed.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import subprocess
@@ -20,6 +21,7 @@ from kube_xdp_agent.kernel import (
     CompileRequest,
     HookBusy,
     InterfaceNotFound,
+    KernelError,
     LoadedProgram,
     Netlink,
     NetnsNotFound,
@@ -183,6 +185,96 @@ def test_default_route_interface(nl: Netlink, netns_pair) -> None:
     assert nl.default_route_interface() is None
     with Netlink(netns_pair.src) as src:
         assert src.default_route_interface() is None
+
+
+def test_default_route_interface_lowest_metric_main_table_and_ipv6(nl: Netlink, netns_pair) -> None:
+    """Only the main table's unicast default routes count, the lowest metric first; with
+    no IPv4 default route, the IPv6 one."""
+    ns = netns_pair.ns
+    for cmd in (["link", "add", "vx0", "type", "veth", "peer", "name", "vx1"], ["link", "set", "vx1", "up"],
+                ["link", "set", "vx0", "up"], ["addr", "add", "198.18.7.1/30", "dev", "vx0"],
+                ["route", "del", "default"],
+                ["route", "add", "default", "dev", "vx0", "metric", "50"],
+                ["route", "add", "default", "via", netns_pair.src_addr, "dev", netns_pair.ns_if, "metric", "10"],
+                ["route", "add", "default", "dev", "vx0", "table", "100"]):
+        subprocess.run(["ip", "-n", ns, *cmd], check=True)
+    assert nl.default_route_interface() == netns_pair.ns_if
+    subprocess.run(["ip", "-n", ns, "route", "del", "default", "metric", "10"], check=True)
+    assert nl.default_route_interface() == "vx0"
+    subprocess.run(["ip", "-n", ns, "route", "del", "default", "metric", "50"], check=True)
+    assert nl.default_route_interface() is None          # table 100's does not count
+    subprocess.run(["ip", "-n", ns, "-6", "route", "add", "default", "dev", "vx0"], check=True)
+    assert nl.default_route_interface() == "vx0"
+
+
+def _ip_links(netns: str) -> dict[str, dict]:
+    out = subprocess.run(["ip", "-j", "-d", "-n", netns, "link", "show"], check=True, capture_output=True,
+                         text=True).stdout
+    return {link["ifname"]: link for link in json.loads(out)}
+
+
+@pytest.mark.parametrize("mode", ["native", "generic"])
+def test_the_link_dump_decodes_as_pyroute2_and_iproute2_do(nl: Netlink, netns_pair, pass_progs, mode: str) -> None:
+    """interfaces() (one dump, decoded by kube-xdp) equals interface(name) (pyroute2's
+    decoding) for every link: veths with a program attached in each mode, one without, a
+    bridge that is down; and indexes, addresses, kinds, states and XDP agree with iproute2."""
+    ns = netns_pair.ns
+    for cmd in (["link", "add", "vx0", "type", "veth", "peer", "name", "vx1"], ["link", "set", "vx0", "up"],
+                ["link", "set", "vx1", "up"], ["link", "add", "br0", "type", "bridge"]):
+        subprocess.run(["ip", "-n", ns, *cmd], check=True)
+    nl.attach(netns_pair.ns_if, pass_progs[0].prog_fd, mode)
+    nl.attach("vx0", pass_progs[1].prog_fd, "generic")
+    dumped = nl.interfaces()
+    assert dumped == sorted((nl.interface(i.name) for i in dumped), key=lambda i: i.index)
+    by_name = {i.name: i for i in dumped}
+    ip = _ip_links(ns)
+    assert set(by_name) == set(ip) == {"lo", netns_pair.ns_if, "vx0", "vx1", "br0"}
+    for name, link in ip.items():
+        mine = by_name[name]
+        assert (mine.index, mine.mac) == (link["ifindex"], link["address"])
+        assert mine.kind == (link.get("linkinfo") or {}).get("info_kind")
+        assert mine.oper_state == link["operstate"].lower()
+        assert (mine.xdp.occupant[1], mine.xdp.occupant[0]) == iproute_xdp(ns, name)
+    assert by_name[netns_pair.ns_if].xdp.prog_id_for(mode) == pass_progs[0].prog_id
+    assert by_name["vx0"].xdp.skb_prog_id == pass_progs[1].prog_id and by_name["vx1"].xdp.attached is None
+    assert by_name["br0"].oper_state == "down" and by_name["br0"].xdp.attached is None
+
+
+def test_the_link_dump_of_a_namespace_with_many_links(nl: Netlink, netns_pair) -> None:
+    """Hundreds of links: an answer of several batches (the kernel sends at most 32 KiB
+    at a time), every link once, as pyroute2 decodes them."""
+    batch = "\n".join(f"link add kxa{i} type veth peer name kxb{i}" for i in range(200))
+    subprocess.run(["ip", "-n", netns_pair.ns, "-batch", "-"], input=batch, check=True, text=True)
+    dumped = nl.interfaces()
+    assert len(dumped) == 402 and len({i.name for i in dumped}) == 402
+    assert dumped == sorted((nl._interface(link) for link in nl._ipr.link("dump")), key=lambda i: i.index)
+
+
+def test_a_dump_interrupted_by_link_changes_is_read_again(nl: Netlink, netns_pair, monkeypatch) -> None:
+    """Links created while the dump runs: the kernel flags the answer NLM_F_DUMP_INTR and
+    the dump is read again (here: made to look interrupted twice, then consistent)."""
+    from kube_xdp_agent.kernel import netlink as netlink_mod
+
+    real, calls = netlink_mod.split_dump, []
+
+    def flaky(data, seq):
+        part = real(data, seq)
+        calls.append(seq)
+        if len(set(calls)) <= 2:
+            part.interrupted = True
+        return part
+
+    monkeypatch.setattr(netlink_mod, "split_dump", flaky)
+    assert {i.name for i in nl.interfaces()} == {"lo", netns_pair.ns_if}
+    assert len(set(calls)) == 3
+    calls.clear()
+    monkeypatch.setattr(netlink_mod, "split_dump", lambda data, seq: dataclasses.replace(real(data, seq),
+                                                                                          interrupted=True))
+    with pytest.raises(KernelError) as info:
+        nl.interfaces()
+    assert "interrupted" in str(info.value)
+    monkeypatch.setattr(netlink_mod, "split_dump", real)
+    assert {i.name for i in nl.interfaces()} == {"lo", netns_pair.ns_if}    # a new socket, a clean answer
 
 
 def test_attached_program_outlives_loader(nl: Netlink, netns_pair, counter_request: CompileRequest) -> None:

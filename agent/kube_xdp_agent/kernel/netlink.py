@@ -33,6 +33,15 @@ XDP hook semantics (verified on the dev kernel, see tests/kernel/test_netlink.py
 
 Errors are mapped on `NetlinkError.code` (errno), never on the message; the kernel's
 extended-ack text (ext_ack=True) is kept in the exception for humans.
+
+Listing the interfaces (`interfaces()`, the agent's most frequent read: every resync and
+every XdpNode refresh) does not go through pyroute2: pyroute2 decodes every attribute of
+every link in Python (~0.4 ms a link), of which the agent needs five. It is one
+RTM_GETLINK dump on a plain rtnetlink socket of the same namespace, with
+RTEXT_FILTER_SKIP_STATS, decoded here (`decode_link`: name, index, address, operstate,
+IFLA_INFO_KIND, IFLA_XDP; unknown attributes skipped), giving the same `Interface`s as
+`interface(name)` (tests/kernel/test_netlink.py compares them). A dump the kernel marks
+NLM_F_DUMP_INTR (links changed meanwhile) is read again, up to DUMP_RETRIES times.
 """
 
 from __future__ import annotations
@@ -40,13 +49,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import re
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +98,26 @@ BUSY_BACKOFF_S = 0.02
 NETNS_DIR = "/run/netns"
 _NETNS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _IFNAME_RE = re.compile(r"[^/\s:]{1,15}")
+
+# rtnetlink (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h): what the link dump uses.
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_EXT_MASK, IFLA_XDP = 1, 3, 16, 18, 29, 43
+IFLA_INFO_KIND = 1
+IFLA_XDP_ATTACHED, IFLA_XDP_PROG_ID = 2, 4
+IFLA_XDP_DRV_PROG_ID, IFLA_XDP_SKB_PROG_ID, IFLA_XDP_HW_PROG_ID = 5, 6, 7
+RTEXT_FILTER_SKIP_STATS = 1 << 3
+NLA_TYPE_MASK = 0x3FFF            # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+OPER_STATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")  # IF_OPER_*
+_NLMSGHDR = struct.Struct("=IHHII")          # len, type, flags, seq, pid
+_IFINFOMSG = struct.Struct("=BxHiII")        # family, (pad), type, index, flags, change
+_RTATTR = struct.Struct("=HH")               # len, type
+_U32 = struct.Struct("=I")
+_I32 = struct.Struct("=i")
+DUMP_RETRIES = 3
+DUMP_TIMEOUT_S = 10.0
+DUMP_RECV_BYTES = 1 << 16        # the kernel sends dump batches of at most 32 KiB
 
 # ethtool ETHTOOL_GDRVINFO through the SIOCETHTOOL ioctl (linux/ethtool.h, sockios.h).
 _SIOCETHTOOL = 0x8946
@@ -161,6 +190,132 @@ def xdp_state_from_link(link: object) -> XdpState:
     )
 
 
+class DumpError(Exception):
+    """The kernel answered a dump with an error (`errno`), or with bytes that do not parse."""
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """One RTM_NEWLINK message, decoded: what `Interface` holds except the driver (ethtool)."""
+
+    index: int
+    name: str
+    mac: str | None
+    oper_state: str
+    kind: str | None
+    xdp: XdpState
+
+
+def rtattrs(buf: bytes | memoryview, start: int = 0, end: int | None = None) -> dict[int, memoryview]:
+    """type (flags masked) -> payload of the netlink attributes in buf[start:end]; the
+    last of a repeated type wins. A length running past the end is a DumpError."""
+    view = memoryview(buf)
+    end = len(view) if end is None else end
+    out: dict[int, memoryview] = {}
+    pos = start
+    while pos + _RTATTR.size <= end:
+        length, kind = _RTATTR.unpack_from(view, pos)
+        if length < _RTATTR.size or pos + length > end:
+            raise DumpError(f"malformed netlink attribute at byte {pos}: length {length}, {end - pos} bytes left")
+        out[kind & NLA_TYPE_MASK] = view[pos + _RTATTR.size:pos + length]
+        pos += (length + 3) & ~3
+    return out
+
+
+def _string(value: memoryview | None) -> str | None:
+    return bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace") if value is not None else None
+
+
+def _u32(value: memoryview | None) -> int | None:
+    return _U32.unpack_from(value)[0] if value is not None and len(value) >= 4 else None
+
+
+def xdp_state_from_attrs(xdp: memoryview | None) -> XdpState:
+    """Decode the payload of IFLA_XDP (None: the link has none, nothing attached)."""
+    attrs = rtattrs(xdp) if xdp is not None else {}
+    raw = attrs.get(IFLA_XDP_ATTACHED)
+    code = raw[0] if raw is not None and len(raw) else None
+    attached = _ATTACHED.get(code, f"unknown({code})")
+
+    def prog(kind: int) -> int | None:
+        return _u32(attrs.get(kind)) or None
+
+    return XdpState(attached=attached, prog_id=prog(IFLA_XDP_PROG_ID), drv_prog_id=prog(IFLA_XDP_DRV_PROG_ID),
+                    skb_prog_id=prog(IFLA_XDP_SKB_PROG_ID), hw_prog_id=prog(IFLA_XDP_HW_PROG_ID))
+
+
+def decode_link(payload: bytes | memoryview) -> LinkInfo:
+    """An RTM_NEWLINK message after its nlmsghdr: ifinfomsg, then attributes."""
+    if len(payload) < _IFINFOMSG.size:
+        raise DumpError(f"RTM_NEWLINK of {len(payload)} bytes: shorter than ifinfomsg")
+    _family, _type, index, _flags, _change = _IFINFOMSG.unpack_from(payload)
+    attrs = rtattrs(payload, _IFINFOMSG.size)
+    name = _string(attrs.get(IFLA_IFNAME))
+    if not name:
+        raise DumpError(f"RTM_NEWLINK of ifindex {index} without IFLA_IFNAME")
+    address = attrs.get(IFLA_ADDRESS)
+    oper = attrs.get(IFLA_OPERSTATE)
+    code = oper[0] if oper is not None and len(oper) else 0
+    info = attrs.get(IFLA_LINKINFO)
+    kind = _string(rtattrs(info).get(IFLA_INFO_KIND)) if info is not None else None
+    return LinkInfo(index=index, name=name,
+                    mac=":".join(f"{b:02x}" for b in bytes(address)) if address is not None and len(address) else None,
+                    oper_state=OPER_STATES[code] if code < len(OPER_STATES) else "unknown",
+                    kind=kind or None, xdp=xdp_state_from_attrs(attrs.get(IFLA_XDP)))
+
+
+def link_dump_request(seq: int) -> bytes:
+    """RTM_GETLINK, NLM_F_DUMP, every family, statistics left out by the kernel."""
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _RTATTR.pack(8, IFLA_EXT_MASK) + \
+        _U32.pack(RTEXT_FILTER_SKIP_STATS)
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+@dataclass
+class DumpPart:
+    """The messages of one recv() that answer dump `seq` (others, left over from an
+    abandoned dump, are skipped)."""
+
+    payloads: list[tuple[int, memoryview]]     # (message type, payload after nlmsghdr)
+    done: bool                                 # NLMSG_DONE seen: the dump is complete
+    interrupted: bool                          # NLM_F_DUMP_INTR on a message: inconsistent, read again
+
+
+def split_dump(data: bytes | memoryview, seq: int) -> DumpPart:
+    """Split one recv() of a dump into its messages. NLMSG_ERROR (or an NLMSG_DONE
+    carrying an error) is a DumpError with the kernel's errno."""
+    view = memoryview(data)
+    part = DumpPart([], False, False)
+    pos = 0
+    while pos + _NLMSGHDR.size <= len(view):
+        length, kind, flags, mseq, _pid = _NLMSGHDR.unpack_from(view, pos)
+        if length < _NLMSGHDR.size or pos + length > len(view):
+            raise DumpError(f"malformed netlink message at byte {pos}: length {length}, {len(view) - pos} bytes left")
+        payload = view[pos + _NLMSGHDR.size:pos + length]
+        pos += (length + 3) & ~3
+        if mseq != seq:
+            continue
+        if flags & NLM_F_DUMP_INTR:
+            part.interrupted = True
+        if kind == NLMSG_ERROR:
+            code = _I32.unpack_from(payload)[0] if len(payload) >= 4 else -errno.EPROTO
+            if code == 0:          # an ACK: not part of a dump answer, nothing to report
+                continue
+            raise DumpError(f"the kernel refused the dump: {os.strerror(-code)}", -code)
+        if kind == NLMSG_DONE:
+            code = _I32.unpack_from(payload)[0] if len(payload) >= 4 else 0
+            if code < 0:
+                raise DumpError(f"the dump failed: {os.strerror(-code)}", -code)
+            part.done = True
+            break
+        part.payloads.append((kind, payload))
+    return part
+
+
 def _prog_id_of(fd: int) -> int:
     return bpfsys.prog_info(fd).id
 
@@ -188,12 +343,15 @@ class Netlink:
         except FileNotFoundError as exc:
             raise NetnsNotFound(f"network namespace {netns!r} does not exist", netns=netns) from exc
         self._ioctl_sock: socket.socket | None = None
+        self._dump_sock: socket.socket | None = None
+        self._seq = itertools.count(1)
 
     def close(self) -> None:
         self._ipr.close()
-        if self._ioctl_sock is not None:
-            self._ioctl_sock.close()
-            self._ioctl_sock = None
+        for sock in (self._ioctl_sock, self._dump_sock):
+            if sock is not None:
+                sock.close()
+        self._ioctl_sock = self._dump_sock = None
 
     def __enter__(self) -> Netlink:
         return self
@@ -206,13 +364,48 @@ class Netlink:
     def _ctx(self, **context: Any) -> dict[str, Any]:
         return {"netns": self.netns, **context}
 
-    def _links(self) -> Iterator[object]:
+    def _socket_here(self, family: int, kind: int, proto: int = 0) -> socket.socket:
+        """A socket of this namespace (created there, used from here)."""
+        if self.netns is None:
+            return socket.socket(family, kind, proto)
+        from pyroute2.netns import create_socket
+
+        return create_socket(self.netns, family, kind, proto, flags=0)
+
+    def _link_dump(self) -> list[LinkInfo]:
+        """Every link of the namespace, from one consistent RTM_GETLINK dump."""
         try:
-            yield from self._ipr.link("dump")
-        except NetlinkError as exc:
-            raise KernelError(
-                "listing interfaces failed", errno=exc.code, **self._ctx()
-            ) from exc
+            if self._dump_sock is None:
+                self._dump_sock = self._socket_here(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+                self._dump_sock.settimeout(DUMP_TIMEOUT_S)
+            sock = self._dump_sock
+            for _attempt in range(DUMP_RETRIES + 1):
+                seq = next(self._seq) & 0xFFFFFFFF
+                sock.send(link_dump_request(seq))
+                links: list[LinkInfo] = []
+                interrupted = False
+                while True:
+                    data, _, flags, _ = sock.recvmsg(DUMP_RECV_BYTES)
+                    if flags & socket.MSG_TRUNC:
+                        raise DumpError(f"a dump message did not fit in {DUMP_RECV_BYTES} bytes")
+                    part = split_dump(data, seq)
+                    links += [decode_link(p) for kind, p in part.payloads if kind == RTM_NEWLINK]
+                    interrupted |= part.interrupted
+                    if part.done:
+                        break
+                if not interrupted:
+                    return links
+                log.debug("link dump interrupted (links changed meanwhile); reading it again")
+            raise DumpError(f"the link dump was interrupted {DUMP_RETRIES + 1} times in a row (links keep changing)",
+                            errno.EINTR)
+        except (DumpError, OSError) as exc:
+            self._drop_dump_socket()       # a half-read answer must not be taken for the next one's
+            raise KernelError(f"listing interfaces failed: {exc}", errno=exc.errno, **self._ctx()) from exc
+
+    def _drop_dump_socket(self) -> None:
+        if self._dump_sock is not None:
+            self._dump_sock.close()
+            self._dump_sock = None
 
     def _link(self, name: str) -> object:
         if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name):
@@ -234,12 +427,7 @@ class Netlink:
     def _driver(self, name: str) -> str | None:
         """The ethtool driver name (ETHTOOL_GDRVINFO), None when the device has none."""
         if self._ioctl_sock is None:
-            if self.netns is None:
-                self._ioctl_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            else:
-                from pyroute2.netns import create_socket
-
-                self._ioctl_sock = create_socket(self.netns, socket.AF_INET, socket.SOCK_DGRAM, flags=0)
+            self._ioctl_sock = self._socket_here(socket.AF_INET, socket.SOCK_DGRAM)
         drvinfo = ctypes.create_string_buffer(struct.pack("I", _ETHTOOL_GDRVINFO), _DRVINFO_SIZE)
         ifreq = struct.pack("16sP", name.encode(), ctypes.addressof(drvinfo)) + b"\0" * 16
         try:
@@ -262,8 +450,10 @@ class Netlink:
         )
 
     def interfaces(self) -> list[Interface]:
-        """Every interface of the namespace, by index."""
-        return sorted((self._interface(link) for link in self._links()), key=lambda i: i.index)
+        """Every interface of the namespace, by index (one link dump, decoded here)."""
+        return sorted((Interface(name=link.name, index=link.index, mac=link.mac, oper_state=link.oper_state,
+                                 kind=link.kind, driver=self._driver(link.name), xdp=link.xdp)
+                       for link in self._link_dump()), key=lambda i: i.index)
 
     def interface(self, name: str) -> Interface:
         return self._interface(self._link(name))
@@ -272,10 +462,13 @@ class Netlink:
         return xdp_state_from_link(self._link(name))
 
     def default_route_interface(self) -> str | None:
-        """The interface of the default route (main table; IPv4 first, then IPv6), by lowest metric."""
+        """The interface of the default route (main table; IPv4 first, then IPv6), by lowest metric.
+
+        pyroute2's get_default_routes decodes only the routes without RTA_DST (a dump of
+        every route, the local table's included, decoded in full cost ~3x as much)."""
         for family in (socket.AF_INET, socket.AF_INET6):
             try:
-                routes = self._ipr.route("dump", family=family, table=254, dst_len=0)
+                routes = self._ipr.get_default_routes(family=family, table=254)
             except NetlinkError as exc:
                 raise KernelError(
                     "reading routes failed", errno=exc.code, **self._ctx()
