@@ -12,7 +12,10 @@ the node's XdpAttachment) and read back what the agent reported.
 
 Cases: (a) offload preferred on a netdevsim port; its pins removed behind its back;
 (d) a restart adopting it, then deletion; (b) a per-CPU map with offload preferred, then
-the policy made offload-only; (c) offload or fail with that program from the start.
+the policy made offload-only; (c) offload or fail with that program from the start;
+(e) the device refusing the HW attach (netdevsim's bpf_xdpoffload_accept=N): native by
+policy with reason OffloadUnsupported and the kernel's own message, or, offload required,
+nothing attached and Stalled with that reason and message (no rebuild on resync).
 
 Every status claim is checked against the kernel: the hook read back by netlink and by
 iproute2, netdevsim's own `bpf_offloaded_id`, the pins, the maps through bpf(2).
@@ -455,6 +458,105 @@ def test_offload_or_fail_with_an_unoffloadable_program(nsim, agent_on) -> None:
     assert len(events_of(api, name)) == 1
 
     # Deleting it removes the only trace (the host program's pins) and the finalizer.
+    api.delete(ATTACHMENTS, name)
+    api.wait_for(f"{name} to be gone", lambda: api.get(ATTACHMENTS, name) is None, CONVERGE)
+    assert PinStore(agent_on.bpffs).list_programs() == {}
+
+
+# -- (e) the device refuses offload (netdevsim's bpf_xdpoffload_accept=N) ----------------------
+# The program is offloadable and the device takes it bound (bpf_bind_accept=Y): the refusal
+# comes at the HW attach (EOPNOTSUPP with netdevsim's extack). The agent's path: the build
+# worker loads the device-bound program (kernel/offload.load_for_offload), the executor
+# attaches it in offload mode (execute.Executor._attach), the refusal is classified
+# OffloadUnsupported with the kernel's own words, and the next allowed mode is tried.
+
+REFUSED_SRC = OFFLOADABLE_SRC.replace("xdp_hits", "xdp_refused")
+KERNEL_SAYS = "XDP offload disabled in DebugFS"     # netdevsim's extack (prefixed "netdevsim: ")
+
+
+def test_device_refusing_offload_falls_back_to_native_with_the_kernel_message(nsim, agent_on) -> None:
+    assert nsim.knob("bpf_xdpoffload_accept", "N") == "N"
+    api = FakeApiServer()
+    name = deploy(api, "ctl-refused", REFUSED_SRC, "xdp_refused", nsim.ifname, "offload", ["native"])
+    running = agent_on(api)
+    status = settled(api, name)
+    # A fallback within the policy: Ready, native, and the interface says why not offload.
+    assert condition(status, "Ready")["status"] == "True", status
+    assert condition(status, "Ready")["message"] == f"{nsim.ifname}=native"
+    assert condition(status, "Stalled")["status"] == "False"
+    assert "reason" not in status and "message" not in status
+    [entry] = status["interfaces"]
+    assert entry["name"] == nsim.ifname and entry["ready"] is True and entry["mode"] == "native"
+    assert entry["reason"] == reasons.OFFLOAD_UNSUPPORTED, entry
+    assert entry["message"].startswith("attached in native mode; refused: offload: "), entry["message"]
+    assert KERNEL_SAYS in entry["message"], f"the kernel's message is not in the status: {entry['message']!r}"
+
+    # The kernel agrees: native, the reported program; nothing offloaded to the device.
+    with Netlink() as nl:
+        hook = nl.read_xdp(nsim.ifname)
+    assert hook.attached == "native" and hook.drv_prog_id == entry["progId"] and hook.hw_prog_id is None
+    assert iproute_xdp(nsim.ifname)["mode"] == 1                        # XDP_ATTACHED_DRV
+    assert int(nsim.knob("bpf_offloaded_id")) == 0
+    # Offload was really tried: the host program, then the device-bound one (which the
+    # device took; it refused the attach). Only the host program stays pinned.
+    assert running.builds == [("ctl-refused", None), ("ctl-refused", nsim.ifname)]
+    host_key = running.agent.builder.key(CompileRequest(REFUSED_SRC, "xdp_refused"))
+    assert pinned_ids(agent_on.bpffs, "ctl-refused") == {host_key[:12]: entry["progId"]}
+    with bpfsys.obj_get(entry["pinPath"]) as fd:
+        assert bpfsys.prog_info(fd.fd).id == entry["progId"]
+    assert [e for e in events_of(api, name) if e[0] == "Warning"] == []
+
+    # Resyncs keep it native (offload was tried and refused): no build, no write, hook as is.
+    patches = api.count("PATCH", f"{ATTACHMENTS}/{name}/status")
+    running.wait_reconciled(2)
+    assert api.count("PATCH", f"{ATTACHMENTS}/{name}/status") == patches
+    assert len(running.builds) == 2
+    with Netlink() as nl:
+        assert nl.read_xdp(nsim.ifname) == hook
+
+
+def test_offload_required_on_a_device_refusing_offload(nsim, agent_on) -> None:
+    assert nsim.knob("bpf_xdpoffload_accept", "N") == "N"
+    api = FakeApiServer()
+    source = REFUSED_SRC.replace("xdp_refused", "xdp_refmust")
+    name = deploy(api, "ctl-refused-must", source, "xdp_refmust", nsim.ifname, "offload", [])
+    running = agent_on(api)
+    status = settled(api, name)
+    # Offload or fail: failed, Stalled (a human must change the device or the policy), with
+    # the reason and the kernel's message on the conditions, the status and the interface.
+    assert condition(status, "Ready")["status"] == "False"
+    assert condition(status, "Stalled")["status"] == "True"
+    assert condition(status, "Stalled")["reason"] == reasons.OFFLOAD_UNSUPPORTED
+    assert condition(status, "Reconciling")["status"] == "False"
+    assert KERNEL_SAYS in condition(status, "Stalled")["message"]
+    assert status["reason"] == reasons.OFFLOAD_UNSUPPORTED and KERNEL_SAYS in status["message"]
+    [entry] = status["interfaces"]
+    assert entry == {"name": nsim.ifname, "ready": False, "reason": reasons.OFFLOAD_UNSUPPORTED,
+                     "message": entry["message"]}
+    assert entry["message"].startswith(f"no allowed mode attached on {nsim.ifname}: offload: "), entry["message"]
+    assert KERNEL_SAYS in entry["message"]
+    # Nothing attached in any mode, nothing offloaded.
+    with Netlink() as nl:
+        assert nl.read_xdp(nsim.ifname).attached is None
+    assert iproute_xdp(nsim.ifname) is None
+    assert int(nsim.knob("bpf_offloaded_id")) == 0
+    assert running.builds[:2] == [("ctl-refused-must", None), ("ctl-refused-must", nsim.ifname)]
+    [warning] = [e for e in events_of(api, name) if e[0] == "Warning"]
+    assert warning[1] == reasons.OFFLOAD_UNSUPPORTED and KERNEL_SAYS in warning[2]
+
+    # Resyncs report the same refusal (the agent remembers it for this build on this device)
+    # without building the device program again, and write nothing while nothing changes.
+    patches = api.count("PATCH", f"{ATTACHMENTS}/{name}/status")
+    builds = len(running.builds)
+    running.wait_reconciled(2)
+    assert api.count("PATCH", f"{ATTACHMENTS}/{name}/status") == patches
+    assert len(events_of(api, name)) == 1
+    with Netlink() as nl:
+        assert nl.read_xdp(nsim.ifname).attached is None
+    rebuilt = running.builds[builds:]
+    assert rebuilt == [], f"resyncs rebuilt the device-bound program: {rebuilt}"
+
+    # Deleting it removes the pins and the finalizer.
     api.delete(ATTACHMENTS, name)
     api.wait_for(f"{name} to be gone", lambda: api.get(ATTACHMENTS, name) is None, CONVERGE)
     assert PinStore(agent_on.bpffs).list_programs() == {}
