@@ -257,12 +257,15 @@ class PinStore:
         return result
 
     def _digests(self, program: str) -> list[str]:
+        program_dir = self.program_dir(program)
         try:
-            entries = os.listdir(self.program_dir(program))
+            entries = os.listdir(program_dir)
         except (FileNotFoundError, NotADirectoryError):
             return []
+        # each level checked once per call (prog_path() would check program_dir again for every digest)
         return sorted(
-            d for d in entries if DIGEST12_RE.fullmatch(d) and os.path.exists(self.prog_path(program, d))
+            d for d in entries if DIGEST12_RE.fullmatch(d)
+            and os.path.exists(self._inside(os.path.join(self._inside(os.path.join(program_dir, d)), "prog")))
         )
 
     def open_pinned(self, program: str) -> list[PinnedProgram]:
@@ -270,7 +273,9 @@ class PinStore:
         return [self._read(program, digest) for digest in self._digests(program)]
 
     def _read(self, program: str, digest12: str) -> PinnedProgram:
-        prog_path = self.prog_path(program, digest12)
+        # the paths as prog_path()/map_path() build and check them, each level checked once
+        digest_dir = self.digest_dir(program, digest12)
+        prog_path = self._inside(os.path.join(digest_dir, "prog"))
         try:
             with bpfsys.obj_get(prog_path) as fd:
                 info = bpfsys.prog_info(fd.fd)
@@ -278,11 +283,11 @@ class PinStore:
             raise PinError(f"cannot open pinned program {prog_path}: {exc}", program=program,
                            pin_path=prog_path, errno=exc.errno) from exc
         maps: dict[str, PinnedMap] = {}
-        maps_dir = os.path.join(self.digest_dir(program, digest12), "maps")
+        maps_dir = os.path.join(digest_dir, "maps")
         for name in sorted(os.listdir(maps_dir)) if os.path.isdir(maps_dir) else []:
             if not MAP_NAME_RE.fullmatch(name):
                 continue
-            path = self.map_path(program, digest12, name)
+            path = self._inside(os.path.join(maps_dir, name))
             try:
                 with bpfsys.obj_get(path) as fd:
                     maps[name] = PinnedMap(name=name, path=path, info=bpfsys.map_info(fd.fd))
@@ -292,7 +297,7 @@ class PinStore:
         return PinnedProgram(
             program=program,
             digest12=digest12,
-            path=self.digest_dir(program, digest12),
+            path=digest_dir,
             prog_path=prog_path,
             prog_id=info.id,
             tag=info.tag,
