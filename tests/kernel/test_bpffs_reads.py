@@ -1,6 +1,6 @@
 """Reading pins (list_programs, open_pinned: every resync) in a real bpffs never follows a
-symlink planted in it out of the root, at any level of the layout: a digest directory, a
-`prog`, a map. The target here is a real pin of another bpffs mount, so a read that
+symlink planted in it out of the root, at any level of the layout: a program or digest
+directory, a `prog`, a map. The target here is a real pin of another bpffs mount, so a read that
 followed the link would succeed and report a program that is not ours."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def elsewhere() -> Iterator[str]:
         os.rmdir(path)
 
 
-@pytest.mark.parametrize("level", ["digest", "prog", "map"])
+@pytest.mark.parametrize("level", ["program", "digest", "prog", "map"])
 def test_reads_refuse_a_symlink_out_of_the_root(bpffs: str, elsewhere: str, pass_progs,
                                                 counter_prog: LoadedProgram, level: str) -> None:
     victim = PinStore(elsewhere).pin_program("victim", DIGEST, counter_prog)
@@ -41,7 +41,11 @@ def test_reads_refuse_a_symlink_out_of_the_root(bpffs: str, elsewhere: str, pass
     ours = store.pin_program("app", DIGEST, counter_prog)
     assert store.list_programs() == {"app": [DIGEST]}
     app = os.path.dirname(ours.path)
-    if level == "digest":
+    name = "app"
+    if level == "program":
+        name = "evil"
+        os.symlink(os.path.dirname(victim.path), os.path.join(bpffs, "kube-xdp", name))
+    elif level == "digest":
         os.symlink(victim.path, os.path.join(app, OTHER))
     elif level == "prog":
         os.mkdir(os.path.join(app, OTHER))
@@ -53,7 +57,7 @@ def test_reads_refuse_a_symlink_out_of_the_root(bpffs: str, elsewhere: str, pass
             store.list_programs()
         assert "outside the bpffs root" in str(listed.value)
     with pytest.raises(PinError) as opened:
-        store.open_pinned("app")
+        store.open_pinned(name)
     assert "outside the bpffs root" in str(opened.value)
 
 

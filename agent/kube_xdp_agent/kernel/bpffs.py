@@ -82,6 +82,12 @@ def fs_magic(path: str) -> int:
 
 
 @dataclass(frozen=True)
+class _Walked:
+    path: str         # as built under the root (what is opened and reported)
+    real: str         # its realpath, checked to be under the root
+
+
+@dataclass(frozen=True)
 class PinnedMap:
     name: str
     path: str
@@ -133,6 +139,22 @@ class PinStore:
 
     def program_dir(self, program: str) -> str:
         return self._inside(os.path.join(self.base, validate_program(program)))
+
+    # The readers (every resync) walk the layout level by level instead: `_Walked` is a
+    # path and its realpath; a child's realpath is its parent's joined with the name, unless
+    # the child is a symlink (then resolved in full, as realpath does), so each level costs
+    # one lstat instead of a realpath of the whole path; each is checked as _inside() checks
+    # it (names are validated or constants: no '/', '.' or '..').
+    def _walk_base(self) -> _Walked:
+        return _Walked(self.base, os.path.realpath(self.base))
+
+    def _walk(self, parent: _Walked, name: str, *, check: bool = True) -> _Walked:
+        path, real = os.path.join(parent.path, name), os.path.join(parent.real, name)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        if check and real != self.root and not real.startswith(self.root + os.sep):
+            raise PinError(f"pin path {path!r} resolves outside the bpffs root to {real!r}", pin_path=path)
+        return _Walked(path, real)
 
     def digest_dir(self, program: str, digest12: str) -> str:
         return self._inside(os.path.join(self.program_dir(program), validate_digest12(digest12)))
@@ -248,34 +270,36 @@ class PinStore:
             programs = sorted(os.listdir(self.base))
         except FileNotFoundError:
             return result
+        base = self._walk_base()
         for program in programs:
             if not PROGRAM_RE.fullmatch(program):
                 continue
-            digests = self._digests(program)
+            digests = self._digests(self._walk(base, program))
             if digests:
                 result[program] = digests
         return result
 
-    def _digests(self, program: str) -> list[str]:
-        program_dir = self.program_dir(program)
+    def _digests(self, program_dir: _Walked) -> list[str]:
         try:
-            entries = os.listdir(program_dir)
+            entries = os.listdir(program_dir.path)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        # each level checked once per call (prog_path() would check program_dir again for every digest)
         return sorted(
             d for d in entries if DIGEST12_RE.fullmatch(d)
-            and os.path.exists(self._inside(os.path.join(self._inside(os.path.join(program_dir, d)), "prog")))
+            and os.path.exists(self._walk(self._walk(program_dir, d), "prog").path)
         )
 
     def open_pinned(self, program: str) -> list[PinnedProgram]:
         """Every pinned digest of `program`, with the kernel's prog id, tag and maps."""
-        return [self._read(program, digest) for digest in self._digests(program)]
+        program_dir = self._walk(self._walk_base(), validate_program(program))
+        return [self._read_in(program_dir, program, digest) for digest in self._digests(program_dir)]
 
     def _read(self, program: str, digest12: str) -> PinnedProgram:
-        # the paths as prog_path()/map_path() build and check them, each level checked once
-        digest_dir = self.digest_dir(program, digest12)
-        prog_path = self._inside(os.path.join(digest_dir, "prog"))
+        return self._read_in(self._walk(self._walk_base(), validate_program(program)), program, digest12)
+
+    def _read_in(self, program_dir: _Walked, program: str, digest12: str) -> PinnedProgram:
+        digest = self._walk(program_dir, validate_digest12(digest12))
+        digest_dir, prog_path = digest.path, self._walk(digest, "prog").path
         try:
             with bpfsys.obj_get(prog_path) as fd:
                 info = bpfsys.prog_info(fd.fd)
@@ -283,11 +307,11 @@ class PinStore:
             raise PinError(f"cannot open pinned program {prog_path}: {exc}", program=program,
                            pin_path=prog_path, errno=exc.errno) from exc
         maps: dict[str, PinnedMap] = {}
-        maps_dir = os.path.join(digest_dir, "maps")
-        for name in sorted(os.listdir(maps_dir)) if os.path.isdir(maps_dir) else []:
+        maps_dir = self._walk(digest, "maps", check=False)    # (checked with each map, as map_path() does)
+        for name in sorted(os.listdir(maps_dir.path)) if os.path.isdir(maps_dir.path) else []:
             if not MAP_NAME_RE.fullmatch(name):
                 continue
-            path = self._inside(os.path.join(maps_dir, name))
+            path = self._walk(maps_dir, name).path
             try:
                 with bpfsys.obj_get(path) as fd:
                     maps[name] = PinnedMap(name=name, path=path, info=bpfsys.map_info(fd.fd))
