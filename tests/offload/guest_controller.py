@@ -322,7 +322,9 @@ def test_restart_adopts_the_offloaded_program_and_deletion_removes_it(offloaded,
     offloaded["agent"].stop()
 
     # A new agent process on the same bpffs: adopts what the pins and the hook show.
-    writes = api.count("PATCH", f"{ATTACHMENTS}/{name}") + api.count("PATCH", f"{ATTACHMENTS}/{name}/status")
+    before = api.get(ATTACHMENTS, name)["status"]
+    meta_writes = api.count("PATCH", f"{ATTACHMENTS}/{name}")
+    status_writes = api.count("PATCH", f"{ATTACHMENTS}/{name}/status")
     t0 = time.monotonic()
     again = offloaded["agent"] = RunningAgent(api, bpffs, compiler)
     again.wait_reconciled(2)        # the first sync, then a resync
@@ -335,9 +337,25 @@ def test_restart_adopts_the_offloaded_program_and_deletion_removes_it(offloaded,
     status = api.get(ATTACHMENTS, name)["status"]
     assert status["interfaces"][0]["progId"] == prog_id and status["interfaces"][0]["mode"] == "offload"
     assert condition(status, "Ready")["status"] == "True"
-    # Nothing to report: no status or finalizer write, no Event (a DriftRepaired would mean
-    # it detached and attached again).
-    assert api.count("PATCH", f"{ATTACHMENTS}/{name}") + api.count("PATCH", f"{ATTACHMENTS}/{name}/status") == writes
+    # One write only: status.compile now says the running program was adopted from its pin
+    # (cacheHit true, the adoption's duration; README "Compile cache, honestly"), not compiled by this
+    # process. Nothing else changed: no finalizer write, no condition transition, no Event
+    # (a DriftRepaired would mean it detached and attached again).
+    assert api.count("PATCH", f"{ATTACHMENTS}/{name}") == meta_writes
+    assert api.count("PATCH", f"{ATTACHMENTS}/{name}/status") == status_writes + 1
+    assert before["compile"]["cacheHit"] is False
+    assert status["compile"]["cacheHit"] is True and status["compile"]["digest"] == before["compile"]["digest"]
+    assert {k: v for k, v in status.items() if k != "compile"} == {k: v for k, v in before.items() if k != "compile"}
+    assert events_of(api, name) == events_before
+
+    # Restarted again: the adoption is already reported, so nothing at all is written.
+    again.stop()
+    again = offloaded["agent"] = RunningAgent(api, bpffs, compiler)
+    again.wait_reconciled(2)
+    assert again.builds == []
+    assert api.count("PATCH", f"{ATTACHMENTS}/{name}") == meta_writes
+    assert api.count("PATCH", f"{ATTACHMENTS}/{name}/status") == status_writes + 1
+    assert api.get(ATTACHMENTS, name)["status"] == status
     assert events_of(api, name) == events_before
 
     # Deletion: the agent detaches, unpins and releases its finalizer; the object goes.
