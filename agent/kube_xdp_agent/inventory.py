@@ -59,8 +59,8 @@ SUPPORTED, UNSUPPORTED, UNKNOWN = "supported", "unsupported", "unknown"
 # not probed by default.
 DEFAULT_SKIPPED_PREFIXES = ("veth", "cali", "lxc", "cilium_", "flannel", "cni", "docker", "vxlan", "tunl",
                             "kube-", "genev", "weave", "br-", "virbr")
-# The default --inventory-interfaces: any name but those (plain names: nothing to escape).
-DEFAULT_PROBE_PATTERN = "(?!(?:" + "|".join(DEFAULT_SKIPPED_PREFIXES) + ")).+"
+# The default --inventory-interfaces: any name but those.
+DEFAULT_PROBE_PATTERN = "(?!(?:" + "|".join(re.escape(p) for p in DEFAULT_SKIPPED_PREFIXES) + ")).+"
 LOOPBACK_IFINDEX = 1     # the kernel's loopback device has this index in every namespace
 NOT_SELECTED = "not probed: the name does not match the agent's --inventory-interfaces"
 

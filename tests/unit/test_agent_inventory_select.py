@@ -7,8 +7,6 @@ listed with its driver and its modes unknown, and nothing is loaded or attached 
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from kube_xdp_agent import __main__ as agent_main
@@ -50,13 +48,6 @@ def test_default_probes_nic_names(name) -> None:
 def test_default_skips_container_and_overlay_names(name) -> None:
     assert not interface_selector()(iface(name))
     assert not interface_selector(DEFAULT_PROBE_PATTERN)(iface(name, kind="veth"))
-
-
-def test_default_pattern_is_readable_and_made_of_the_prefixes() -> None:
-    """The default as the chart's values show it: the prefixes, unescaped (none needs it)."""
-    assert DEFAULT_PROBE_PATTERN == ("(?!(?:veth|cali|lxc|cilium_|flannel|cni|docker|vxlan|tunl|kube-|genev|weave|"
-                                     "br-|virbr)).+")
-    assert all(re.fullmatch(r"[a-z_-]+", p) for p in inventory.DEFAULT_SKIPPED_PREFIXES)
 
 
 def test_selection_is_by_name_not_kind() -> None:
