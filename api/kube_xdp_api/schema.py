@@ -493,9 +493,12 @@ def node_status_schema() -> Schema:
                         "name": _str("The interface.", max_len=15, min_len=1),
                         "driver": _str("The driver (ethtool -i).", max_len=64),
                         "kind": _str("The link kind (veth, bridge, ...); absent for physical NICs.", max_len=64),
+                        "probed": _bool("False when the agent's --inventory-interfaces did not select the "
+                                        "interface: its modes were not probed (all listed in unknownModes)."),
                         "unknownModes": {
                             "type": "array",
-                            "description": "Modes not probed (the hook held a program at the time).",
+                            "description": "Modes not probed (the hook held a program at the time, or the "
+                                           "interface was not selected: see probed).",
                             "maxItems": len(spec.MODES),
                             "x-kubernetes-list-type": "set",
                             "items": _mode("An attach mode."),
