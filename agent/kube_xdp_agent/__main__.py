@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.node_name:
         parser.error("--node-name (or $NODE_NAME) is required")
     try:
-        select = interface_selector(args.inventory_interfaces)
+        interface_selector(args.inventory_interfaces)         # a bad regex stops here, with its error
     except ValueError as e:
         parser.error(f"--inventory-interfaces (or $KUBE_XDP_INVENTORY_INTERFACES): {e}")
 
@@ -56,12 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         kubernetes.config.load_incluster_config(client_configuration=config)
         client = kubernetes.client.ApiClient(config)
     agent = Agent(AgentConfig(node_name=args.node_name, bpffs=args.bpffs, netns=args.netns, resync=args.resync,
-                              inventory=not args.no_inventory),
+                              inventory=not args.no_inventory, inventory_interfaces=args.inventory_interfaces),
                   client, HostKernel())
-    if agent.publisher is not None:
-        # (Agent builds its NodePublisher with the default selection; AgentConfig has no
-        # field for it yet.)
-        agent.publisher.select = select
 
     def stop(*_):
         agent.stop.set()

@@ -46,6 +46,7 @@ from .execute import Executor, IfaceResult
 from .kernel import offload
 from .kernel.compile import CompileRequest
 from .kernel.errors import KernelError
+from .inventory import DEFAULT_PROBE_PATTERN, interface_selector
 from .nodeinfo import NodePublisher
 from .observe import changes_kernel, observe
 from .plan import Observed, Rank, plan_attach, plan_cleanup, plan_gc, plan_repin
@@ -74,6 +75,9 @@ class AgentConfig:
     netns: str | None = None           # rig only: do netlink work inside this namespace
     resync: float = 5.0
     inventory: bool = False            # publish this node's XdpNode (the CLI turns it on)
+    # which interfaces the inventory probes for XDP modes (--inventory-interfaces, a
+    # whole-name regex; loopback never)
+    inventory_interfaces: str = DEFAULT_PROBE_PATTERN
 
 
 class Transient(Exception):
@@ -94,7 +98,9 @@ class Agent:
         self.netlink = kernel.netlink(config.netns)
         self.builder = (kernel.builder(config.bpffs, config.netns) if hasattr(kernel, "builder")
                         else InProcessBuilder(kernel.compiler, self.pins))
-        self.publisher = NodePublisher(self.custom, config.node_name, self.netlink) if config.inventory else None
+        self.publisher = NodePublisher(self.custom, config.node_name, self.netlink,
+                                       select=interface_selector(config.inventory_interfaces)) \
+            if config.inventory else None
         self.selector = f"{names.LABEL_NODE}={names.node_label_value(config.node_name)}"
         self.cache: dict[str, dict] = {}
         self.sources: dict[str, str] = {}          # source digest -> text

@@ -222,8 +222,8 @@ def test_cli_rejects_an_invalid_pattern_from_the_environment(capsys, monkeypatch
     (None, ["--inventory-interfaces", ""], False, False),            # '' probes nothing
 ])
 def test_cli_hands_the_selection_to_the_publisher(monkeypatch, tmp_path, env, argv, probes_eth5, probes_veth0) -> None:
-    """main() as the DaemonSet runs it, with the Agent and kernel replaced: the publisher
-    the agent runs with selects what the flag / environment says."""
+    """main() as the DaemonSet runs it, over the in-memory kernel and with the agent's loop
+    not run: the publisher the real Agent builds selects what the flag / environment says."""
     import kube_xdp_agent.controller as controller
     import kube_xdp_agent.kernel as kernel_pkg
 
@@ -232,18 +232,14 @@ def test_cli_hands_the_selection_to_the_publisher(monkeypatch, tmp_path, env, ar
     else:
         monkeypatch.setenv("KUBE_XDP_INVENTORY_INTERFACES", env)
     ran: list = []
+    monkeypatch.setattr(controller.Agent, "run", lambda self: ran.append(self))
 
-    class FakeAgent:
-        def __init__(self, config, client, kernel):
-            from kube_xdp_agent.nodeinfo import NodePublisher
-            self.publisher = NodePublisher(None, config.node_name, None) if config.inventory else None
-            self.stop, self.queue = None, None
+    def host_kernel():
+        kernel = kernel_pkg.FakeKernel()
+        kernel.mount_bpffs("/sys/fs/bpf")
+        return kernel
 
-        def run(self):
-            ran.append(self)
-
-    monkeypatch.setattr(controller, "Agent", FakeAgent)
-    monkeypatch.setattr(kernel_pkg, "HostKernel", lambda: None)
+    monkeypatch.setattr(kernel_pkg, "HostKernel", host_kernel)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
