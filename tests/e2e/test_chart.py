@@ -29,10 +29,13 @@ from kubernetes.dynamic import DynamicClient
 
 from kube_xdp_agent.inventory import DEFAULT_PROBE_PATTERN
 from kube_xdp_api import rbac, schema
+from kube_xdp_rig import apply as applier
 
 from .conftest import api_client
 
 helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk (PyPI) is the Helm engine; pip install -e '.[test]'")
+
+HELM_ERROR = pytest.importorskip("helm_python.errors").HelmError
 
 pytestmark = pytest.mark.rig
 
@@ -56,11 +59,15 @@ def helm(rig):
 
 def crd_versions(client, names: list[str]) -> dict[str, str | None]:
     """resourceVersion of each CRD, None where it does not exist."""
+    return {name: (crd.metadata.resource_version if crd else None) for name, crd in read_crds(client, names).items()}
+
+
+def read_crds(client, names: list[str]) -> dict[str, kubernetes.client.V1CustomResourceDefinition | None]:
     ext = kubernetes.client.ApiextensionsV1Api(client)
     out = {}
     for name in names:
         try:
-            out[name] = ext.read_custom_resource_definition(name).metadata.resource_version
+            out[name] = ext.read_custom_resource_definition(name)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -68,16 +75,21 @@ def crd_versions(client, names: list[str]) -> dict[str, str | None]:
     return out
 
 
+def crd_spec(client, crd: kubernetes.client.V1CustomResourceDefinition) -> str:
+    return json.dumps(client.sanitize_for_serialization(crd.spec), sort_keys=True)
+
+
 @pytest.fixture(scope="module")
 def installed(helm, rig):
-    """The release, and which of the chart's CRDs existed (resourceVersion) before it."""
+    """The release, and the spec of each of the chart's CRDs that existed before it."""
     client = api_client(rig)
     try:
-        before = crd_versions(client, [c["metadata"]["name"] for c in schema.all_crds()])
+        before = {name: (crd_spec(client, crd) if crd else None)
+                  for name, crd in read_crds(client, [c["metadata"]["name"] for c in schema.all_crds()]).items()}
     finally:
         client.close()
     release = helm.install(str(CHART), RELEASE, {}, namespace=NAMESPACE, create_namespace=True, timeout=60)
-    return {"release": release, "crds_before": before}
+    return {"release": release, "crd_specs_before": before}
 
 
 def test_install_is_deployed(installed, helm) -> None:
@@ -85,17 +97,19 @@ def test_install_is_deployed(installed, helm) -> None:
     assert status["status"] == "deployed" and status["revision"] == 1
 
 
-def test_install_leaves_the_crds_established_and_skips_existing_ones(installed, admin) -> None:
-    """After the install every CRD is there and Established: Helm created the ones that
-    were missing and left the existing ones untouched (same resourceVersion)."""
+def test_install_leaves_the_crds_established_and_existing_ones_as_they_were(installed, admin) -> None:
+    """After the install every CRD is there and Established. Helm 4 applies the chart's
+    crds/ with server-side apply at install even where they exist (Helm 3 skipped them):
+    CRDs that were already there with the same content keep their spec (Helm becomes a
+    co-owner of its fields); see the next test for CRDs with other content."""
     ext = kubernetes.client.ApiextensionsV1Api(admin)
     for crd in schema.all_crds():
         name = crd["metadata"]["name"]
         stored = ext.read_custom_resource_definition(name)
         assert any(c.type == "Established" and c.status == "True" for c in stored.status.conditions)
         assert stored.spec.names.kind == crd["spec"]["names"]["kind"]
-        if installed["crds_before"][name] is not None:
-            assert stored.metadata.resource_version == installed["crds_before"][name], f"Helm changed {name}"
+        if installed["crd_specs_before"][name] is not None:
+            assert crd_spec(admin, stored) == installed["crd_specs_before"][name], f"Helm changed {name}"
 
 
 def test_api_server_accepted_the_operator_deployment(installed, admin) -> None:
@@ -325,6 +339,50 @@ def test_crd_upgrade_after_a_helm_install_needs_force_conflicts(rig, admin, tmp_
         props = upgraded.spec.versions[0].schema.open_apiv3_schema.properties["spec"].properties
         assert "addedInNextVersion" in props
         assert "kubectl" in {m.manager for m in upgraded.metadata.managed_fields if m.operation == "Apply"}
+    finally:
+        config.uninstall(CRD_RELEASE, ignore_not_found=True, timeout=60)
+        config.close()
+        for name in names:
+            try:
+                ext.delete_custom_resource_definition(name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+
+def test_install_over_crds_with_other_content_is_refused_until_crds_are_skipped(rig, admin, tmp_path: Path) -> None:
+    """Helm 4 applies crds/ server-side at install, without force: where someone else
+    applied the CRDs with other content (an older or newer crds/, through kubectl, Flux or
+    Argo CD), the install fails as a field conflict and nothing of the release is created.
+    docs/install.md: install with --skip-crds when the CRDs are managed apart from the
+    chart. (The SDK here has no skip-crds option: the chart without its crds/ stands in.)"""
+    chart = tmp_path / "kube-xdp"
+    shutil.copytree(CHART, chart)
+    shutil.rmtree(chart / "crds")
+    shipped = [_renamed(yaml.safe_load(p.read_text())) for p in sorted((CHART / "crds").glob("*.yaml"))]
+    _write_crds(chart / "crds", shipped)
+    names = [c["metadata"]["name"] for c in shipped]
+    assert set(crd_versions(admin, names).values()) == {None}, "left over from an earlier run"
+    older = copy.deepcopy(shipped)
+    for crd in older:
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] = "the previous version's CRD"
+    applier.apply(admin, older)            # server-side apply, field manager kube-xdp-rig
+    ext = kubernetes.client.ApiextensionsV1Api(admin)
+    config = helm_python.Config(kubeconfig_path=rig.kubeconfig, namespace=CRD_NAMESPACE)
+    try:
+        for name in names:
+            _established(ext, name)
+        with pytest.raises(HELM_ERROR) as refused:
+            config.install(str(chart), CRD_RELEASE, {}, namespace=CRD_NAMESPACE, create_namespace=True, timeout=60)
+        assert "conflict" in str(refused.value) and "kube-xdp-rig" in str(refused.value), refused.value
+        with pytest.raises(ApiException):
+            kubernetes.client.AppsV1Api(admin).read_namespaced_daemon_set(f"{CRD_RELEASE}-kube-xdp-agent", CRD_NAMESPACE)
+        for name in names:      # the CRDs someone else applied are as they were
+            assert ext.read_custom_resource_definition(name).spec.versions[0].schema.open_apiv3_schema.description \
+                == "the previous version's CRD"
+        shutil.rmtree(chart / "crds")     # what --skip-crds does
+        config.install(str(chart), CRD_RELEASE, {}, namespace=CRD_NAMESPACE, create_namespace=True, timeout=60)
+        assert config.status(CRD_RELEASE)["status"] == "deployed"
     finally:
         config.uninstall(CRD_RELEASE, ignore_not_found=True, timeout=60)
         config.close()
