@@ -15,6 +15,7 @@ tests run, are never touched).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -292,106 +293,107 @@ def _established(ext, name: str, timeout: float = 30) -> kubernetes.client.V1Cus
         time.sleep(0.2)
 
 
+@dataclasses.dataclass
+class CrdChart:
+    """A copy of the chart whose CRDs are renamed into TEST_GROUP (`shipped`, `names`),
+    with a Helm config for CRD_RELEASE and the apiextensions client."""
+    chart: Path
+    shipped: list[dict]
+    names: list[str]
+    config: object
+    ext: kubernetes.client.ApiextensionsV1Api
+
+
+@pytest.fixture()
+def crd_chart(rig, admin, tmp_path: Path):
+    """The real chart with its CRDs renamed into TEST_GROUP, so the CRD tests never touch
+    the real CRDs; afterwards the release is uninstalled and the renamed CRDs deleted."""
+    chart = tmp_path / "kube-xdp"
+    shutil.copytree(CHART, chart)
+    shutil.rmtree(chart / "crds")
+    shipped = [_renamed(yaml.safe_load(p.read_text())) for p in sorted((CHART / "crds").glob("*.yaml"))]
+    _write_crds(chart / "crds", shipped)
+    names = [c["metadata"]["name"] for c in shipped]
+    assert set(crd_versions(admin, names).values()) == {None}, "left over from an earlier run"
+    ext = kubernetes.client.ApiextensionsV1Api(admin)
+    config = helm_python.Config(kubeconfig_path=rig.kubeconfig, namespace=CRD_NAMESPACE)
+    try:
+        yield CrdChart(chart, shipped, names, config, ext)
+    finally:
+        config.uninstall(CRD_RELEASE, ignore_not_found=True, timeout=60)
+        config.close()
+        for name in names:
+            try:
+                ext.delete_custom_resource_definition(name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+
 @pytest.mark.skipif(KUBECTL is None, reason="no kubectl binary on PATH (Debian: apt-get install kubernetes-client)")
-def test_crd_upgrade_after_a_helm_install_needs_force_conflicts(rig, admin, tmp_path: Path) -> None:
+def test_crd_upgrade_after_a_helm_install_needs_force_conflicts(rig, admin, crd_chart: CrdChart, tmp_path: Path) -> None:
     """The documented CRD upgrade, against CRDs Helm created: `kubectl apply --server-side`
     of a changed CRD is refused as a conflict with Helm's field manager (Helm owns every
     field it set at install); `--force-conflicts` takes the fields over and applies it.
     The chart is the real one with its CRDs renamed into TEST_GROUP, so Helm creates them
     here whatever else the session installed."""
-    chart = tmp_path / "kube-xdp"
-    shutil.copytree(CHART, chart)
-    shutil.rmtree(chart / "crds")
-    shipped = [_renamed(yaml.safe_load(p.read_text())) for p in sorted((CHART / "crds").glob("*.yaml"))]
-    _write_crds(chart / "crds", shipped)
-    names = [c["metadata"]["name"] for c in shipped]
-    ext = kubernetes.client.ApiextensionsV1Api(admin)
-    assert set(crd_versions(admin, names).values()) == {None}, "left over from an earlier run"
-    config = helm_python.Config(kubeconfig_path=rig.kubeconfig, namespace=CRD_NAMESPACE)
-    try:
-        config.install(str(chart), CRD_RELEASE, {}, namespace=CRD_NAMESPACE, create_namespace=True, timeout=60)
-        program = next(n for n in names if n.startswith("crdtestxdpprograms."))
-        stored = _established(ext, program)
-        helm_managers = {m.manager for m in stored.metadata.managed_fields if not m.manager.startswith("kube-apiserver")}
-        assert len(helm_managers) == 1 and "kubectl" not in helm_managers, helm_managers
-        (helm_manager,) = helm_managers        # "helm" for the helm CLI; here the SDK's process name
+    chart, shipped, names, ext = crd_chart.chart, crd_chart.shipped, crd_chart.names, crd_chart.ext
+    crd_chart.config.install(str(chart), CRD_RELEASE, {}, namespace=CRD_NAMESPACE, create_namespace=True, timeout=60)
+    program = next(n for n in names if n.startswith("crdtestxdpprograms."))
+    stored = _established(ext, program)
+    helm_managers = {m.manager for m in stored.metadata.managed_fields if not m.manager.startswith("kube-apiserver")}
+    assert len(helm_managers) == 1 and "kubectl" not in helm_managers, helm_managers
+    (helm_manager,) = helm_managers        # "helm" for the helm CLI; here the SDK's process name
 
-        # the same CRDs again: no conflict (equal values are co-owned)
-        same = _kubectl(rig, "apply", "--server-side", "-f", str(chart / "crds"))
-        assert same.returncode == 0, same.stderr
+    # the same CRDs again: no conflict (equal values are co-owned)
+    same = _kubectl(rig, "apply", "--server-side", "-f", str(chart / "crds"))
+    assert same.returncode == 0, same.stderr
 
-        # the next version's CRD: one more field in the program's spec
-        changed = copy.deepcopy(shipped)
-        crd = next(c for c in changed if c["metadata"]["name"] == program)
-        spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        spec_schema["properties"]["addedInNextVersion"] = {"type": "string", "description": "new in the next version"}
-        _write_crds(tmp_path / "next-crds", changed)
+    # the next version's CRD: one more field in the program's spec
+    changed = copy.deepcopy(shipped)
+    crd = next(c for c in changed if c["metadata"]["name"] == program)
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_schema["properties"]["addedInNextVersion"] = {"type": "string", "description": "new in the next version"}
+    _write_crds(tmp_path / "next-crds", changed)
 
-        refused = _kubectl(rig, "apply", "--server-side", "-f", str(tmp_path / "next-crds"))
-        assert refused.returncode != 0
-        assert f'conflict with "{helm_manager}"' in refused.stderr and ".spec.versions" in refused.stderr, refused.stderr
-        unchanged = ext.read_custom_resource_definition(program)
-        assert "addedInNextVersion" not in json.dumps(admin.sanitize_for_serialization(unchanged.spec))
+    refused = _kubectl(rig, "apply", "--server-side", "-f", str(tmp_path / "next-crds"))
+    assert refused.returncode != 0
+    assert f'conflict with "{helm_manager}"' in refused.stderr and ".spec.versions" in refused.stderr, refused.stderr
+    unchanged = ext.read_custom_resource_definition(program)
+    assert "addedInNextVersion" not in json.dumps(admin.sanitize_for_serialization(unchanged.spec))
 
-        forced = _kubectl(rig, "apply", "--server-side", "--force-conflicts", "-f", str(tmp_path / "next-crds"))
-        assert forced.returncode == 0, forced.stderr
-        upgraded = ext.read_custom_resource_definition(program)
-        props = upgraded.spec.versions[0].schema.open_apiv3_schema.properties["spec"].properties
-        assert "addedInNextVersion" in props
-        assert "kubectl" in {m.manager for m in upgraded.metadata.managed_fields if m.operation == "Apply"}
-    finally:
-        config.uninstall(CRD_RELEASE, ignore_not_found=True, timeout=60)
-        config.close()
-        for name in names:
-            try:
-                ext.delete_custom_resource_definition(name)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+    forced = _kubectl(rig, "apply", "--server-side", "--force-conflicts", "-f", str(tmp_path / "next-crds"))
+    assert forced.returncode == 0, forced.stderr
+    upgraded = ext.read_custom_resource_definition(program)
+    props = upgraded.spec.versions[0].schema.open_apiv3_schema.properties["spec"].properties
+    assert "addedInNextVersion" in props
+    assert "kubectl" in {m.manager for m in upgraded.metadata.managed_fields if m.operation == "Apply"}
 
 
-def test_install_over_crds_with_other_content_is_refused_until_crds_are_skipped(rig, admin, tmp_path: Path) -> None:
+def test_install_over_crds_with_other_content_is_refused_until_crds_are_skipped(admin, crd_chart: CrdChart) -> None:
     """Helm 4 applies crds/ server-side at install, without force: where someone else
     applied the CRDs with other content (an older or newer crds/, through kubectl, Flux or
     Argo CD), the install fails as a field conflict and nothing of the release is created.
     docs/install.md: install with --skip-crds when the CRDs are managed apart from the
     chart. (The SDK here has no skip-crds option: the chart without its crds/ stands in.)"""
-    chart = tmp_path / "kube-xdp"
-    shutil.copytree(CHART, chart)
-    shutil.rmtree(chart / "crds")
-    shipped = [_renamed(yaml.safe_load(p.read_text())) for p in sorted((CHART / "crds").glob("*.yaml"))]
-    _write_crds(chart / "crds", shipped)
-    names = [c["metadata"]["name"] for c in shipped]
-    assert set(crd_versions(admin, names).values()) == {None}, "left over from an earlier run"
-    older = copy.deepcopy(shipped)
+    chart, names, ext, config = crd_chart.chart, crd_chart.names, crd_chart.ext, crd_chart.config
+    older = copy.deepcopy(crd_chart.shipped)
     for crd in older:
         crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] = "the previous version's CRD"
     applier.apply(admin, older)            # server-side apply, field manager kube-xdp-rig
-    ext = kubernetes.client.ApiextensionsV1Api(admin)
-    config = helm_python.Config(kubeconfig_path=rig.kubeconfig, namespace=CRD_NAMESPACE)
-    try:
-        for name in names:
-            _established(ext, name)
-        with pytest.raises(HELM_ERROR) as refused:
-            config.install(str(chart), CRD_RELEASE, {}, namespace=CRD_NAMESPACE, create_namespace=True, timeout=60)
-        assert "conflict" in str(refused.value) and "kube-xdp-rig" in str(refused.value), refused.value
-        with pytest.raises(ApiException):
-            kubernetes.client.AppsV1Api(admin).read_namespaced_daemon_set(f"{CRD_RELEASE}-kube-xdp-agent", CRD_NAMESPACE)
-        for name in names:      # the CRDs someone else applied are as they were
-            assert ext.read_custom_resource_definition(name).spec.versions[0].schema.open_apiv3_schema.description \
-                == "the previous version's CRD"
-        shutil.rmtree(chart / "crds")     # what --skip-crds does
+    for name in names:
+        _established(ext, name)
+    with pytest.raises(HELM_ERROR) as refused:
         config.install(str(chart), CRD_RELEASE, {}, namespace=CRD_NAMESPACE, create_namespace=True, timeout=60)
-        assert config.status(CRD_RELEASE)["status"] == "deployed"
-    finally:
-        config.uninstall(CRD_RELEASE, ignore_not_found=True, timeout=60)
-        config.close()
-        for name in names:
-            try:
-                ext.delete_custom_resource_definition(name)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+    assert "conflict" in str(refused.value) and "kube-xdp-rig" in str(refused.value), refused.value
+    with pytest.raises(ApiException):
+        kubernetes.client.AppsV1Api(admin).read_namespaced_daemon_set(f"{CRD_RELEASE}-kube-xdp-agent", CRD_NAMESPACE)
+    for name in names:      # the CRDs someone else applied are as they were
+        assert ext.read_custom_resource_definition(name).spec.versions[0].schema.open_apiv3_schema.description \
+            == "the previous version's CRD"
+    shutil.rmtree(chart / "crds")     # what --skip-crds does
+    config.install(str(chart), CRD_RELEASE, {}, namespace=CRD_NAMESPACE, create_namespace=True, timeout=60)
+    assert config.status(CRD_RELEASE)["status"] == "deployed"
 
 
 # --- upgrading the release's values -----------------------------------------------------------
