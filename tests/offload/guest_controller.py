@@ -444,6 +444,25 @@ def test_per_cpu_program_falls_back_to_native_with_the_reason(nsim, agent_on) ->
     assert running.builds == [("ctl-pcpu", None)]
 
 
+def assert_offload_or_fail_stalled(status: dict, nsim, reason: str) -> str:
+    """Offload required and not possible: Ready False, Stalled True with `reason`, not
+    Reconciling; the one interface entry not ready with that reason; nothing attached in
+    any mode and nothing bound to the device. Returns the interface's message."""
+    assert condition(status, "Ready")["status"] == "False"
+    assert condition(status, "Stalled")["status"] == "True"
+    assert condition(status, "Stalled")["reason"] == reason
+    assert condition(status, "Reconciling")["status"] == "False"
+    assert status["reason"] == reason
+    [entry] = status["interfaces"]
+    assert entry == {"name": nsim.ifname, "ready": False, "reason": reason, "message": entry["message"]}
+    assert entry["message"].startswith(f"no allowed mode attached on {nsim.ifname}: offload: "), entry["message"]
+    with Netlink() as nl:
+        assert nl.read_xdp(nsim.ifname).attached is None
+    assert iproute_xdp(nsim.ifname) is None
+    assert int(nsim.knob("bpf_offloaded_id")) == 0
+    return entry["message"]
+
+
 def test_offload_or_fail_with_an_unoffloadable_program(nsim, agent_on) -> None:
     api = FakeApiServer()
     name = deploy(api, "ctl-must-offload", PERCPU_SRC.replace("xdp_pcpu", "xdp_must"), "xdp_must", nsim.ifname,
@@ -451,21 +470,8 @@ def test_offload_or_fail_with_an_unoffloadable_program(nsim, agent_on) -> None:
     running = agent_on(api)
     status = settled(api, name)
     # Failed and Stalled (a human must change the program or the policy), with the reason.
-    assert condition(status, "Ready")["status"] == "False"
-    assert condition(status, "Stalled")["status"] == "True"
-    assert condition(status, "Stalled")["reason"] == reasons.PROGRAM_NOT_OFFLOADABLE
-    assert condition(status, "Reconciling")["status"] == "False"
-    assert status["reason"] == reasons.PROGRAM_NOT_OFFLOADABLE
-    [entry] = status["interfaces"]
-    assert entry == {"name": nsim.ifname, "ready": False, "reason": reasons.PROGRAM_NOT_OFFLOADABLE,
-                     "message": entry["message"]}
-    assert entry["message"].startswith(f"no allowed mode attached on {nsim.ifname}: offload: ")
-    assert "'hits' is a per-CPU map" in entry["message"] and "only array and hash" in entry["message"]
-    # Nothing attached in any mode, nothing bound to the device.
-    with Netlink() as nl:
-        assert nl.read_xdp(nsim.ifname).attached is None
-    assert iproute_xdp(nsim.ifname) is None
-    assert int(nsim.knob("bpf_offloaded_id")) == 0
+    message = assert_offload_or_fail_stalled(status, nsim, reasons.PROGRAM_NOT_OFFLOADABLE)
+    assert "'hits' is a per-CPU map" in message and "only array and hash" in message
     assert running.builds == [("ctl-must-offload", None)]
     assert [e[:2] for e in events_of(api, name)] == [("Warning", reasons.PROGRAM_NOT_OFFLOADABLE)]
 
@@ -542,22 +548,9 @@ def test_offload_required_on_a_device_refusing_offload(nsim, agent_on) -> None:
     status = settled(api, name)
     # Offload or fail: failed, Stalled (a human must change the device or the policy), with
     # the reason and the kernel's message on the conditions, the status and the interface.
-    assert condition(status, "Ready")["status"] == "False"
-    assert condition(status, "Stalled")["status"] == "True"
-    assert condition(status, "Stalled")["reason"] == reasons.OFFLOAD_UNSUPPORTED
-    assert condition(status, "Reconciling")["status"] == "False"
+    message = assert_offload_or_fail_stalled(status, nsim, reasons.OFFLOAD_UNSUPPORTED)
     assert KERNEL_SAYS in condition(status, "Stalled")["message"]
-    assert status["reason"] == reasons.OFFLOAD_UNSUPPORTED and KERNEL_SAYS in status["message"]
-    [entry] = status["interfaces"]
-    assert entry == {"name": nsim.ifname, "ready": False, "reason": reasons.OFFLOAD_UNSUPPORTED,
-                     "message": entry["message"]}
-    assert entry["message"].startswith(f"no allowed mode attached on {nsim.ifname}: offload: "), entry["message"]
-    assert KERNEL_SAYS in entry["message"]
-    # Nothing attached in any mode, nothing offloaded.
-    with Netlink() as nl:
-        assert nl.read_xdp(nsim.ifname).attached is None
-    assert iproute_xdp(nsim.ifname) is None
-    assert int(nsim.knob("bpf_offloaded_id")) == 0
+    assert KERNEL_SAYS in status["message"] and KERNEL_SAYS in message
     assert running.builds[:2] == [("ctl-refused-must", None), ("ctl-refused-must", nsim.ifname)]
     [warning] = [e for e in events_of(api, name) if e[0] == "Warning"]
     assert warning[1] == reasons.OFFLOAD_UNSUPPORTED and KERNEL_SAYS in warning[2]
