@@ -42,7 +42,7 @@ from kube_xdp_api.spec import SpecError, source_digest, validate_program_name
 
 from .build import InProcessBuilder
 from .desired import Desired, resolve_interfaces
-from .execute import Executor, IfaceResult
+from .execute import Executor, IfaceResult, fell_back_from
 from .kernel import offload
 from .kernel.compile import CompileRequest
 from .kernel.errors import KernelError
@@ -660,13 +660,12 @@ def compile_entry(memory: dict[str, dict], key: str, pinned: set[str], old: Mapp
 
 def settled_interfaces(status: Mapping | None, modes: tuple[str, ...]) -> frozenset[str]:
     """Interfaces whose fallback mode is the outcome of trying `modes` in order: the status
-    reports them ready with a fallback reason, and its message (the executor's "attached in
-    M mode; refused: P: ...") names the same running mode and, first, the same preferred
-    mode. A changed mode policy (another preferred mode) is not settled by an old outcome."""
+    reports them ready with a fallback reason, and its message (execute.fallback_message)
+    names the same running mode and, first, the same preferred mode. A changed mode policy (another preferred mode) is not settled by an old outcome."""
     out = set()
     for i in (status or {}).get("interfaces") or []:
         if i.get("ready") and i.get("progId") and i.get("reason") and i.get("mode") and modes \
-                and str(i.get("message") or "").startswith(f"attached in {i['mode']} mode; refused: {modes[0]}: "):
+                and fell_back_from(str(i.get("message") or ""), i["mode"], modes[0]):
             out.add(i["name"])
     return frozenset(out)
 

@@ -193,8 +193,19 @@ class Executor:
                                        f"({state.attached or 'none'}), expected {want_id}")
         res = IfaceResult(iface, True, mode, got, changed=changed)
         if fallback:
-            res.reason, res.message = fallback[0], f"attached in {mode} mode; refused: {fallback[1]}"
+            res.reason, res.message = fallback[0], fallback_message(mode, fallback[1])
         return res
+
+
+def fallback_message(mode: str, refusals: str) -> str:
+    """An interface's status message when a later mode was used: the mode, then each
+    refused mode with the kernel's words ("P: ...; Q: ..."), in the order tried."""
+    return f"attached in {mode} mode; refused: {refusals}"
+
+
+def fell_back_from(message: str, mode: str, preferred: str) -> bool:
+    """Whether `message` (fallback_message) says `mode` was reached by trying `preferred` first."""
+    return message.startswith(fallback_message(mode, f"{preferred}: "))
 
 
 def interface_missing(exc: Exception) -> bool:
