@@ -6,11 +6,11 @@ requests in the audit log afterwards."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 import uuid
 from pathlib import Path
+
+from kube_xdp_rig import netns
 
 from . import procstat
 from .cluster import Bench, example, program_body
@@ -50,13 +50,6 @@ class Costs:
         return out
 
 
-def _kernel_hook(netns: str, ifname: str) -> tuple[str | None, int | None]:
-    out = subprocess.run(["ip", "-n", netns, "-j", "-d", "link", "show", "dev", ifname],
-                         capture_output=True, text=True, check=True).stdout
-    xdp = json.loads(out)[0].get("xdp") or {}
-    return {0: None, 1: "native", 2: "generic", 3: "offload"}.get(xdp.get("mode", 0)), (xdp.get("prog") or {}).get("id")
-
-
 def _iface(att: dict, name: str) -> dict | None:
     return next((i for i in (att.get("status") or {}).get("interfaces", []) if i["name"] == name), None)
 
@@ -77,7 +70,7 @@ class Scope:
                     if (Path(node.bpffs) / "kube-xdp" / program).exists():
                         left.append(f"{node.name}:pins")
                     for ifname in ("eth0", "eth1"):
-                        if _kernel_hook(node.netns, ifname) != (None, None):
+                        if netns.xdp_hook(node.netns, ifname) != (None, None):
                             left.append(f"{node.name}:{ifname}")
             return not left, ("left: " + ", ".join(left)) if left else "nothing left", {}
         iface = "eth0" if phase == "create" else "eth1"
@@ -94,10 +87,10 @@ class Scope:
                 bad.append(f"{n}: still program {st['progId']}")
         if self.kind == "real" and not bad:
             for node in self.bench.info.nodes:
-                hook = _kernel_hook(node.netns, iface)
+                hook = netns.xdp_hook(node.netns, iface)
                 if hook != ("native", ids[node.name]):
                     bad.append(f"{node.name}: kernel shows {hook} on {iface}, status {ids[node.name]}")
-                if phase != "create" and _kernel_hook(node.netns, "eth0") != (None, None):
+                if phase != "create" and netns.xdp_hook(node.netns, "eth0") != (None, None):
                     bad.append(f"{node.name}: eth0 still holds a program")
         what = {"create": "every node runs it", "warm": "same program ids, moved to eth1 (no compile)",
                 "update": "new program ids on every node"}[phase]

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from kube_xdp_agent.kernel.bpfsys import BpfMap
-from kube_xdp_rig import traffic
+from kube_xdp_rig import netns, traffic
 
 from .watch import ready
 
@@ -71,16 +71,15 @@ def _set_mode(bench, mode: str, timeout: float = 120) -> str | None:
     gen = bench.patch_spec("udp-drop", spec)["metadata"]["generation"]
     if bench.watcher.expect(ready("udp-drop", nodes, gen)).wait(timeout) is None:
         raise TimeoutError(f"udp-drop not Ready in mode {mode} after {timeout:.0f}s")
-    from .convergence import _kernel_hook
     node = bench.info.node("node-1")
-    hook = _kernel_hook(node.netns, "eth0")
+    hook = netns.xdp_hook(node.netns, "eth0")
     if mode == "none":
         # Ready describes the selected nodes; a deselected node's detach is reported by
         # Reconciling (api.md) and the attachment's disappearance: wait for the kernel.
         deadline = time.monotonic() + 60
         while hook != (None, None) and time.monotonic() < deadline:
             time.sleep(0.2)
-            hook = _kernel_hook(node.netns, "eth0")
+            hook = netns.xdp_hook(node.netns, "eth0")
         if hook != (None, None):
             raise RuntimeError(f"node-1 eth0 still holds {hook} 60 s after udp-drop deselected it")
         return None

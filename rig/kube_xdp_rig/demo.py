@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
-import json
 import os
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +35,7 @@ from kube_xdp_api.selectors import matches
 from kube_xdp_api.spec import DEFAULT_FALLBACK, DEFAULT_MODE
 
 from . import apply as applier
-from . import traffic, workloads
+from . import netns, traffic, workloads
 from .cli import error_line, teardown_hint
 from .cluster import Cluster
 from .config import DEFAULT_INSTANCE, ConfigError, RigConfig
@@ -51,8 +49,6 @@ SENT = 200
 DEMO_NODES = 3
 DEMO_INTERFACES = ("eth0", "eth1", "eth2")
 DEMO_NODE_LABELS = {"node-2": {"role": "edge"}, "node-3": {"role": "edge"}}
-# XDP_ATTACHED_* in `ip -j -d link` -> the mode names of the API
-KERNEL_MODES = {1: "native", 2: "generic", 3: "offload"}
 
 
 def demo_config(instance: str = DEFAULT_INSTANCE, **ports) -> RigConfig:
@@ -169,17 +165,6 @@ def wait_ready(cluster: Cluster, programs: list[str], timeout: float) -> None:
         raise TimeoutError(f"{e}; " + "; ".join(detail)) from None
 
 
-def kernel_xdp(netns: str, ifname: str) -> list[tuple[str, int]]:
-    """The XDP programs the kernel has on an interface: [(mode, prog id)], read with
-    `ip -d -j link` (not through the agent's code)."""
-    out = subprocess.run(["ip", "-n", netns, "-d", "-j", "link", "show", "dev", ifname],
-                         capture_output=True, text=True, check=True).stdout
-    xdp = (json.loads(out)[0].get("xdp") or {})
-    attached = xdp.get("attached") or ([xdp] if "prog" in xdp else [])
-    return sorted((KERNEL_MODES.get(a.get("mode"), str(a.get("mode"))), a["prog"]["id"])
-                  for a in attached if a.get("prog"))
-
-
 def _map(iface_status: dict, name: str):
     from kube_xdp_agent.kernel.bpfsys import BpfMap
     return BpfMap.open_pinned(str(Path(iface_status["pinPath"]).parent / "maps" / name))
@@ -216,7 +201,7 @@ def measure(info: RigInfo, cluster: Cluster, programs: dict[str, dict]) -> list[
                 program=name, node=node.name, iface=iface, selected=selected, attached=att is not None,
                 ready=str(st.get("ready")) if selected else "not selected",
                 mode=st.get("mode") or "-", prog_id=st.get("progId"),
-                kernel=kernel_xdp(node.netns, iface),
+                kernel=netns.xdp_programs(node.netns, iface),
                 allowed_modes=tuple(dict.fromkeys((spec.get("mode", DEFAULT_MODE),
                                                    *spec.get("fallback", DEFAULT_FALLBACK)))),
                 program_ready=f"{ready_cond.get('status')}/{ready_cond.get('reason')}",

@@ -6,6 +6,7 @@ mounts under the rig's state directory are ever created or removed here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,6 +16,8 @@ from .config import NodeSpec
 from .controlplane import RigError
 
 BPF_FS_MAGIC = 0xCAFE4A11
+# XDP_ATTACHED_* as `ip -j -d link` reports "mode" -> the mode names of the API
+IP_XDP_MODES = {0: None, 1: "native", 2: "generic", 3: "offload", 4: "multi"}
 
 
 def run(*argv: str) -> str:
@@ -65,6 +68,27 @@ def create_node_netns(node: NodeSpec, instance: str) -> None:
 def mac(netns: str, ifname: str) -> str:
     out = run("ip", "-n", netns, "-o", "link", "show", "dev", ifname)
     return out.split("link/ether", 1)[1].split()[0]
+
+
+def link_xdp(netns: str, ifname: str) -> dict:
+    """The "xdp" object of `ip -j -d link show dev IFNAME` ({} when nothing is attached):
+    iproute2's view of the hook, independent of kube-xdp's own netlink code."""
+    return json.loads(run("ip", "-n", netns, "-j", "-d", "link", "show", "dev", ifname))[0].get("xdp") or {}
+
+
+def xdp_hook(netns: str, ifname: str) -> tuple[str | None, int | None]:
+    """(mode, prog id) of an interface's hook as iproute2 reports it ('multi', None when
+    a native/generic and an offloaded program sit there together)."""
+    xdp = link_xdp(netns, ifname)
+    return IP_XDP_MODES.get(xdp.get("mode", 0)), (xdp.get("prog") or {}).get("id")
+
+
+def xdp_programs(netns: str, ifname: str) -> list[tuple[str, int]]:
+    """Every XDP program on an interface, [(mode, prog id)] sorted, as iproute2 reports them."""
+    xdp = link_xdp(netns, ifname)
+    attached = xdp.get("attached") or ([xdp] if "prog" in xdp else [])
+    return sorted((IP_XDP_MODES.get(a.get("mode")) or str(a.get("mode")), a["prog"]["id"])
+                  for a in attached if a.get("prog"))
 
 
 def link_states(netns: str) -> dict[str, str]:

@@ -40,10 +40,13 @@ def _stat_fields(pid: int) -> list[str] | None:
     return stat.rsplit(")", 1)[1].split()
 
 
+def _start_of(fields: list[str] | None) -> int | None:
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
 def starttime(pid: int) -> int | None:
     """The process's start time in clock ticks after boot (stat field 22), None if gone."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields and len(fields) > 19 else None
+    return _start_of(_stat_fields(pid))
 
 
 def parse_pid_file(text: str) -> tuple[int, int | None]:
@@ -63,7 +66,7 @@ def _alive(pid: int, start: int | None, marker: str) -> bool:
     if fields is None or fields[0] == "Z":
         return False
     if start is not None:
-        return len(fields) > 19 and int(fields[19]) == start
+        return _start_of(fields) == start
     return tagged(_environ(pid), marker) or _mentions(_cmdline(pid), marker)
 
 

@@ -79,7 +79,6 @@ class Rig:
         self.ready_wait = ready_wait
         self.state = config.state_dir
         self.procs = ProcTable(self.state)
-        self.prefix = f"{config.instance}-"
 
     # -- helpers ---------------------------------------------------------------------
     @contextmanager

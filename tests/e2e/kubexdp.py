@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 from kube_xdp_api import names
 from kube_xdp_rig import cluster as rig_cluster
+from kube_xdp_rig import netns as rig_netns
 
-# iproute2's JSON "xdp.mode": XDP_ATTACHED_* from the UAPI
-IP_XDP_MODES = {0: None, 1: "native", 2: "generic", 3: "offload", 4: "multi"}
+# (mode, prog id) of an interface's hook as iproute2 reads it: a view of the kernel
+# independent of kube-xdp's own netlink code
+kernel_xdp = rig_netns.xdp_hook
 
 UDP_DROP = """
 #include <uapi/linux/bpf.h>
@@ -78,15 +78,6 @@ class Cluster(rig_cluster.Cluster):
 def wait(predicate, timeout: float, what: str, interval: float = 0.25):
     """Poll `predicate` until truthy (AssertionError on timeout, as a test failure)."""
     return rig_cluster.wait(predicate, timeout, what, interval, error=AssertionError)
-
-
-def kernel_xdp(netns: str, ifname: str) -> tuple[str | None, int | None]:
-    """(mode, prog id) of an interface's XDP hook, as iproute2 reads it: a view of the
-    kernel independent of kube-xdp's own netlink code."""
-    out = subprocess.run(["ip", "-n", netns, "-j", "-d", "link", "show", "dev", ifname],
-                         capture_output=True, text=True, check=True).stdout
-    xdp = json.loads(out)[0].get("xdp") or {}
-    return IP_XDP_MODES.get(xdp.get("mode", 0)), (xdp.get("prog") or {}).get("id")
 
 
 def pins_of(bpffs: str, program: str) -> list[str]:
