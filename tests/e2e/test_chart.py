@@ -328,6 +328,17 @@ def crd_chart(rig, admin, tmp_path: Path):
             except ApiException as e:
                 if e.status != 404:
                     raise
+        _wait_crds_gone(admin, names)
+
+
+def _wait_crds_gone(client, names: list[str], timeout: float = 60) -> None:
+    """A CRD's deletion is asynchronous: the API server's customresourcecleanup finalizer
+    removes its objects first, so the CRD lingers as Terminating for a moment (long enough,
+    on a loaded machine, for the next test to find it)."""
+    deadline = time.monotonic() + timeout
+    while (left := {n: v for n, v in crd_versions(client, names).items() if v is not None}):
+        assert time.monotonic() < deadline, f"CRDs still present {timeout}s after deletion: {left}"
+        time.sleep(0.2)
 
 
 @pytest.mark.skipif(KUBECTL is None, reason="no kubectl binary on PATH (Debian: apt-get install kubernetes-client)")
