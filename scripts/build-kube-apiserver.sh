@@ -64,13 +64,22 @@ done
 mkdir -p gopath/src/k8s.io
 ln -sfn "$WORK/src" gopath/src/k8s.io/kubernetes
 cd gopath/src/k8s.io/kubernetes
-echo "build-kube-apiserver: building (about 3 minutes on 2 cores)"
-export PATH=$GO:$PATH GOPATH=$WORK/gopath GOCACHE=$CACHE/gocache CGO_ENABLED=0 GO111MODULE=off GOFLAGS=-mod=vendor
-unset GOFLAGS
-make WHAT=cmd/kube-apiserver KUBE_BUILD_PLATFORMS=linux/amd64 >"$WORK/build.log" 2>&1 \
-  || { tail -30 "$WORK/build.log" >&2; die "make WHAT=cmd/kube-apiserver failed (full log: $WORK/build.log)"; }
+echo "build-kube-apiserver: building (about 4 minutes on 2 cores)"
+export PATH=$GO:$PATH GOPATH=$WORK/gopath CGO_ENABLED=0 GO111MODULE=off
+unset GOFLAGS GOGCFLAGS
+# Only the OpenAPI definitions are generated: the deepcopy, defaulter, conversion and
+# prerelease-lifecycle outputs ship in the source package, and `make WHAT=...` would spend
+# ~80 s regenerating them identically.
+make gen_openapi >"$WORK/build.log" 2>&1 \
+  || { tail -30 "$WORK/build.log" >&2; die "make gen_openapi failed (full log: $WORK/build.log)"; }
+# providerless: without the in-tree cloud providers (AWS, Azure, GCE, OpenStack, vSphere
+# SDKs), which the rig never uses: a 61 MB binary instead of 110 MB, ~40% less to compile.
+# -dwarf=false: the binary is stripped (-s -w) anyway, so its debug info is never kept.
+GOFLAGS=-tags=providerless GOGCFLAGS="all=-dwarf=false" KUBE_BUILD_PLATFORMS=linux/amd64 \
+  hack/make-rules/build.sh cmd/kube-apiserver >>"$WORK/build.log" 2>&1 \
+  || { tail -30 "$WORK/build.log" >&2; die "building cmd/kube-apiserver failed (full log: $WORK/build.log)"; }
 BUILT=$(find _output -type f -name kube-apiserver -perm -u+x | head -1)
 [ -n "$BUILT" ] || die "build finished but no kube-apiserver binary under _output"
 cp "$BUILT" "$OUT.tmp.$$" && mv -f "$OUT.tmp.$$" "$OUT"
-cd / && rm -rf "$WORK"    # the tree is ~1 GB; the Go build cache stays for fast rebuilds
+cd / && rm -rf "$WORK"    # the tree (~1 GB) holds the Go build cache too (hack/lib/golang.sh sets GOCACHE inside it)
 echo "build-kube-apiserver: built $OUT ($("$OUT" --version))"
