@@ -214,10 +214,11 @@ def _ip_links(netns: str) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("mode", ["native", "generic"])
-def test_the_link_dump_decodes_as_pyroute2_and_iproute2_do(nl: Netlink, netns_pair, pass_progs, mode: str) -> None:
-    """interfaces() (one dump, decoded by kube-xdp) equals interface(name) (pyroute2's
-    decoding) for every link: veths with a program attached in each mode, one without, a
-    bridge that is down; and indexes, addresses, kinds, states and XDP agree with iproute2."""
+def test_links_read_by_dump_and_by_name_decode_as_iproute2_does(nl: Netlink, netns_pair, pass_progs, mode: str) -> None:
+    """interfaces() (one RTM_GETLINK dump) equals interface(name) (one RTM_GETLINK by
+    IFLA_IFNAME) for every link: veths with a program attached in each mode, one without, a
+    bridge that is down; and indexes, addresses, kinds, states and XDP agree with iproute2's
+    decoding of the same links."""
     ns = netns_pair.ns
     for cmd in (["link", "add", "vx0", "type", "veth", "peer", "name", "vx1"], ["link", "set", "vx0", "up"],
                 ["link", "set", "vx1", "up"], ["link", "add", "br0", "type", "bridge"]):
@@ -242,12 +243,13 @@ def test_the_link_dump_decodes_as_pyroute2_and_iproute2_do(nl: Netlink, netns_pa
 
 def test_the_link_dump_of_a_namespace_with_many_links(nl: Netlink, netns_pair) -> None:
     """Hundreds of links: an answer of several batches (the kernel sends at most 32 KiB
-    at a time), every link once, as pyroute2 decodes them."""
+    at a time), every link once, as iproute2 lists them and as each reads by name."""
     batch = "\n".join(f"link add kxa{i} type veth peer name kxb{i}" for i in range(200))
     subprocess.run(["ip", "-n", netns_pair.ns, "-batch", "-"], input=batch, check=True, text=True)
     dumped = nl.interfaces()
     assert len(dumped) == 402 and len({i.name for i in dumped}) == 402
-    assert dumped == sorted((nl._interface(link) for link in nl._ipr.link("dump")), key=lambda i: i.index)
+    assert {i.name: i.index for i in dumped} == {name: link["ifindex"] for name, link in _ip_links(netns_pair.ns).items()}
+    assert dumped == sorted((nl.interface(i.name) for i in dumped), key=lambda i: i.index)
 
 
 def test_a_dump_interrupted_by_link_changes_is_read_again(nl: Netlink, netns_pair, monkeypatch) -> None:

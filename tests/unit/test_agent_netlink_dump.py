@@ -13,13 +13,14 @@ import struct
 import pytest
 
 from kube_xdp_agent.kernel import netlink as nlmod
-from kube_xdp_agent.kernel.errors import KernelError
+from kube_xdp_agent.kernel.errors import InterfaceNotFound, KernelError
 from kube_xdp_agent.kernel.netlink import (
     DumpError,
     LinkInfo,
     XdpState,
     decode_link,
     link_dump_request,
+    link_get_request,
     rtattrs,
     split_dump,
     xdp_state_from_attrs,
@@ -133,6 +134,15 @@ def test_the_request_dumps_every_link_without_statistics():
     assert {k: struct.unpack("=I", bytes(v))[0] for k, v in rtattrs(raw, 32).items()} == {29: 1 << 3}
 
 
+@pytest.mark.parametrize("name", ["eth0", "a", "abcdefghijklmno"])
+def test_the_request_for_one_link_names_it_and_is_not_a_dump(name):
+    raw = link_get_request(78, name)
+    length, kind, flags, seq, pid = struct.unpack_from("=IHHII", raw)
+    assert (length, kind, flags, seq, pid) == (len(raw), 18, 0x1, 78, 0) and length % 4 == 0
+    attrs = rtattrs(raw, 32)
+    assert bytes(attrs[3]) == name.encode() + b"\0" and struct.unpack("=I", bytes(attrs[29]))[0] == 1 << 3
+
+
 def test_an_answer_is_split_into_its_messages_and_other_dumps_skipped():
     data = message(16, link(1, "lo"), 5) + message(16, link(9, "old"), 4) + message(16, link(2, "eth0"), 5)
     part = split_dump(data, 5)
@@ -230,3 +240,49 @@ def test_a_failed_read_is_a_kernel_error_and_the_socket_replaced(answer, what):
         nl.interfaces()
     assert what in str(info.value) and "listing interfaces failed" in str(info.value)
     assert sock.closed and nl._dump_sock is None        # what is left of that answer is never read
+
+
+# --- one link by name --------------------------------------------------------------------
+def error(seq: int, code: int) -> bytes:
+    return message(2, struct.pack("=i", -code) + b"\0" * 16, seq)
+
+
+def test_one_link_is_read_by_name_skipping_other_answers():
+    sock = FakeSocket(lambda seq, _: [message(16, link(9, "old"), seq - 1) + message(16, link(3, "eth1", xdp(2, prog=5, skb=5)), seq)])
+    got = handle(sock).interface("eth1")
+    assert (got.index, got.name, got.driver, got.kind) == (3, "eth1", "veth", "veth")
+    assert got.xdp == XdpState(attached="generic", prog_id=5, skb_prog_id=5)
+    assert handle(FakeSocket(lambda seq, _: [message(16, link(3, "eth1", xdp(1, prog=6, drv=6)), seq)])) \
+        .read_xdp("eth1").drv_prog_id == 6
+
+
+@pytest.mark.parametrize("code", [errno.ENODEV, errno.ENOENT])
+def test_no_such_link_is_interface_not_found_and_the_socket_kept(code):
+    sock = FakeSocket(lambda seq, _: [error(seq, code)])
+    nl = handle(sock)
+    with pytest.raises(InterfaceNotFound):
+        nl.interface("eth9")
+    assert not sock.closed and nl._dump_sock is sock          # the error was the whole answer
+
+
+@pytest.mark.parametrize("answer, what", [
+    (None, "Operation not permitted"),
+    ((b"\0" * 16, socket.MSG_TRUNC), "did not fit"),
+    (TimeoutError("timed out"), "timed out"),
+], ids=["refused", "truncated", "timeout"])
+def test_a_failed_read_of_one_link_is_a_kernel_error_and_the_socket_replaced(answer, what):
+    sock = FakeSocket(lambda seq, _: [error(seq, errno.EPERM) if answer is None else answer])
+    nl = handle(sock)
+    with pytest.raises(KernelError) as info:
+        nl.read_xdp("eth0")
+    assert not isinstance(info.value, InterfaceNotFound)
+    assert what in str(info.value) and "reading interface 'eth0' failed" in str(info.value)
+    assert sock.closed and nl._dump_sock is None
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "has space", "x" * 16, "a:b", "a\0b", ".", "..", "é" * 8])
+def test_a_name_that_is_not_an_interface_name_is_never_sent(name):
+    sock = FakeSocket(lambda seq, _: [])
+    with pytest.raises(InterfaceNotFound):
+        handle(sock).interface(name)
+    assert sock.sent == []

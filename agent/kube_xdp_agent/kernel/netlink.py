@@ -34,14 +34,16 @@ XDP hook semantics (verified on the dev kernel, see tests/kernel/test_netlink.py
 Errors are mapped on `NetlinkError.code` (errno), never on the message; the kernel's
 extended-ack text (ext_ack=True) is kept in the exception for humans.
 
-Listing the interfaces (`interfaces()`, the agent's most frequent read: every resync and
-every XdpNode refresh) does not go through pyroute2: pyroute2 decodes every attribute of
-every link in Python (~0.4 ms a link), of which the agent needs five. It is one
-RTM_GETLINK dump on a plain rtnetlink socket of the same namespace, with
-RTEXT_FILTER_SKIP_STATS, decoded here (`decode_link`: name, index, address, operstate,
-IFLA_INFO_KIND, IFLA_XDP; unknown attributes skipped), giving the same `Interface`s as
-`interface(name)` (tests/kernel/test_netlink.py compares them). A dump the kernel marks
-NLM_F_DUMP_INTR (links changed meanwhile) is read again, up to DUMP_RETRIES times.
+Reading links (`interfaces()`, the agent's most frequent read: every resync and every
+XdpNode refresh; `interface(name)` and every attach's read-back) does not go through
+pyroute2: pyroute2 decodes every attribute of every link in Python (~0.4 ms a link), of
+which the agent needs five. It is RTM_GETLINK (a dump, or one link by IFLA_IFNAME) on a
+plain rtnetlink socket of the same namespace, with RTEXT_FILTER_SKIP_STATS, decoded here
+(`decode_link`: name, index, address, operstate, IFLA_INFO_KIND, IFLA_XDP; unknown
+attributes skipped): one decoder of IFLA_XDP for every read (tests/kernel/test_netlink.py
+checks it against iproute2's). A dump the kernel marks NLM_F_DUMP_INTR (links changed
+meanwhile) is read again, up to DUMP_RETRIES times. Changes (attach, detach) go through
+pyroute2.
 """
 
 from __future__ import annotations
@@ -77,27 +79,15 @@ XDP_FLAGS_REPLACE = 1 << 4
 MODES = ("native", "generic", "offload")
 MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE, "offload": XDP_FLAGS_HW_MODE}
 
-# IFLA_XDP_ATTACHED, as pyroute2 decodes it (names) or as raw numbers (XDP_ATTACHED_*).
-_ATTACHED = {
-    None: None,
-    "none": None,
-    0: None,
-    "xdp": "native",
-    1: "native",
-    "xdpgeneric": "generic",
-    2: "generic",
-    "xdpoffload": "offload",
-    3: "offload",
-    "xdpmulti": "multi",
-    4: "multi",
-}
+# IFLA_XDP_ATTACHED (XDP_ATTACHED_*, linux/if_link.h) -> mode; None: nothing attached.
+_ATTACHED = {None: None, 0: None, 1: "native", 2: "generic", 3: "offload", 4: "multi"}
 
 BUSY_RETRIES = 5
 BUSY_BACKOFF_S = 0.02
 
 NETNS_DIR = "/run/netns"
 _NETNS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_IFNAME_RE = re.compile(r"[^/\s:]{1,15}")
+_IFNAME_RE = re.compile(r"[^/\s:\x00]{1,15}")   # the kernel's dev_valid_name, and no NUL
 
 # rtnetlink (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h): what the link dump uses.
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -170,24 +160,6 @@ def _check_mode(mode: str) -> int:
         return MODE_FLAGS[mode]
     except KeyError:
         raise ValueError(f"unknown XDP mode {mode!r}: one of {', '.join(MODES)}") from None
-
-
-def xdp_state_from_link(link: object) -> XdpState:
-    """Decode IFLA_XDP of a pyroute2 link message."""
-    raw = link.get(("xdp", "xdp_attached"))  # type: ignore[attr-defined]
-    attached = _ATTACHED.get(raw, f"unknown({raw})")
-
-    def prog(attr: str) -> int | None:
-        value = link.get(("xdp", attr))  # type: ignore[attr-defined]
-        return int(value) if value else None
-
-    return XdpState(
-        attached=attached,
-        prog_id=prog("xdp_prog_id"),
-        drv_prog_id=prog("xdp_drv_prog_id"),
-        skb_prog_id=prog("xdp_skb_prog_id"),
-        hw_prog_id=prog("xdp_hw_prog_id"),
-    )
 
 
 class DumpError(Exception):
@@ -268,11 +240,24 @@ def decode_link(payload: bytes | memoryview) -> LinkInfo:
                     kind=kind or None, xdp=xdp_state_from_attrs(attrs.get(IFLA_XDP)))
 
 
+def _rtattr(kind: int, value: bytes) -> bytes:
+    return _RTATTR.pack(_RTATTR.size + len(value), kind) + value + b"\0" * (-len(value) % 4)
+
+
+def _getlink(seq: int, flags: int, *attrs: bytes) -> bytes:
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + b"".join(attrs) + \
+        _rtattr(IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_SKIP_STATS))
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK, flags, seq, 0) + body
+
+
 def link_dump_request(seq: int) -> bytes:
     """RTM_GETLINK, NLM_F_DUMP, every family, statistics left out by the kernel."""
-    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _RTATTR.pack(8, IFLA_EXT_MASK) + \
-        _U32.pack(RTEXT_FILTER_SKIP_STATS)
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+    return _getlink(seq, NLM_F_REQUEST | NLM_F_DUMP)
+
+
+def link_get_request(seq: int, name: str) -> bytes:
+    """RTM_GETLINK of the one link named `name` (IFLA_IFNAME), statistics left out."""
+    return _getlink(seq, NLM_F_REQUEST, _rtattr(IFLA_IFNAME, name.encode() + b"\0"))
 
 
 @dataclass
@@ -305,7 +290,7 @@ def split_dump(data: bytes | memoryview, seq: int) -> DumpPart:
             code = _I32.unpack_from(payload)[0] if len(payload) >= 4 else -errno.EPROTO
             if code == 0:          # an ACK: not part of a dump answer, nothing to report
                 continue
-            raise DumpError(f"the kernel refused the dump: {os.strerror(-code)}", -code)
+            raise DumpError(f"the kernel refused the request: {os.strerror(-code)}", -code)
         if kind == NLMSG_DONE:
             code = _I32.unpack_from(payload)[0] if len(payload) >= 4 else 0
             if code < 0:
@@ -375,10 +360,7 @@ class Netlink:
     def _link_dump(self) -> list[LinkInfo]:
         """Every link of the namespace, from one consistent RTM_GETLINK dump."""
         try:
-            if self._dump_sock is None:
-                self._dump_sock = self._socket_here(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-                self._dump_sock.settimeout(DUMP_TIMEOUT_S)
-            sock = self._dump_sock
+            sock = self._rtnl()
             for _attempt in range(DUMP_RETRIES + 1):
                 seq = next(self._seq) & 0xFFFFFFFF
                 sock.send(link_dump_request(seq))
@@ -402,27 +384,44 @@ class Netlink:
             self._drop_dump_socket()       # a half-read answer must not be taken for the next one's
             raise KernelError(f"listing interfaces failed: {exc}", errno=exc.errno, **self._ctx()) from exc
 
+    def _rtnl(self) -> socket.socket:
+        """The plain rtnetlink socket of the namespace that the reads go through."""
+        if self._dump_sock is None:
+            self._dump_sock = self._socket_here(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            self._dump_sock.settimeout(DUMP_TIMEOUT_S)
+        return self._dump_sock
+
     def _drop_dump_socket(self) -> None:
         if self._dump_sock is not None:
             self._dump_sock.close()
             self._dump_sock = None
 
-    def _link(self, name: str) -> object:
-        if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name):
+    def _link(self, name: str) -> LinkInfo:
+        """The link named `name`, read with RTM_GETLINK (InterfaceNotFound when there is none)."""
+        if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name) or name in (".", "..") \
+                or len(name.encode()) > 15:
             raise InterfaceNotFound(f"{name!r} is not an interface name", interface=str(name), netns=self.netns)
         try:
-            links = self._ipr.link("get", ifname=name)
-        except NetlinkError as exc:
-            if exc.code in (errno.ENODEV, errno.ENOENT):
-                raise InterfaceNotFound(
-                    f"no interface {name!r}", interface=name, netns=self.netns
-                ) from exc
-            raise KernelError(
-                f"reading interface {name!r} failed", errno=exc.code, **self._ctx(interface=name)
-            ) from exc
-        if not links:
-            raise InterfaceNotFound(f"no interface {name!r}", interface=name, netns=self.netns)
-        return links[0]
+            sock = self._rtnl()
+            seq = next(self._seq) & 0xFFFFFFFF
+            sock.send(link_get_request(seq, name))
+            while True:
+                data, _, flags, _ = sock.recvmsg(DUMP_RECV_BYTES)
+                if flags & socket.MSG_TRUNC:
+                    raise DumpError(f"the answer did not fit in {DUMP_RECV_BYTES} bytes")
+                for kind, payload in split_dump(data, seq).payloads:
+                    if kind == RTM_NEWLINK:
+                        return decode_link(payload)
+        except DumpError as exc:
+            if exc.errno in (errno.ENODEV, errno.ENOENT):     # an error answer: the socket stays in step
+                raise InterfaceNotFound(f"no interface {name!r}", interface=name, netns=self.netns) from exc
+            self._drop_dump_socket()
+            raise KernelError(f"reading interface {name!r} failed: {exc}", errno=exc.errno,
+                              **self._ctx(interface=name)) from exc
+        except OSError as exc:
+            self._drop_dump_socket()       # a half-read answer must not be taken for the next one's
+            raise KernelError(f"reading interface {name!r} failed: {exc}", errno=exc.errno,
+                              **self._ctx(interface=name)) from exc
 
     def _driver(self, name: str) -> str | None:
         """The ethtool driver name (ETHTOOL_GDRVINFO), None when the device has none."""
@@ -437,29 +436,19 @@ class Netlink:
         driver = drvinfo.raw[4:36].split(b"\0", 1)[0].decode("ascii", "replace")
         return driver or None
 
-    def _interface(self, link: object) -> Interface:
-        name = link.get("ifname")  # type: ignore[attr-defined]
-        return Interface(
-            name=name,
-            index=link["index"],  # type: ignore[index]
-            mac=link.get("address"),  # type: ignore[attr-defined]
-            oper_state=str(link.get("operstate") or "unknown").lower(),  # type: ignore[attr-defined]
-            kind=link.get(("linkinfo", "kind")),  # type: ignore[attr-defined]
-            driver=self._driver(name),
-            xdp=xdp_state_from_link(link),
-        )
+    def _interface(self, link: LinkInfo) -> Interface:
+        return Interface(name=link.name, index=link.index, mac=link.mac, oper_state=link.oper_state,
+                         kind=link.kind, driver=self._driver(link.name), xdp=link.xdp)
 
     def interfaces(self) -> list[Interface]:
-        """Every interface of the namespace, by index (one link dump, decoded here)."""
-        return sorted((Interface(name=link.name, index=link.index, mac=link.mac, oper_state=link.oper_state,
-                                 kind=link.kind, driver=self._driver(link.name), xdp=link.xdp)
-                       for link in self._link_dump()), key=lambda i: i.index)
+        """Every interface of the namespace, by index (one link dump)."""
+        return sorted((self._interface(link) for link in self._link_dump()), key=lambda i: i.index)
 
     def interface(self, name: str) -> Interface:
         return self._interface(self._link(name))
 
     def read_xdp(self, name: str) -> XdpState:
-        return xdp_state_from_link(self._link(name))
+        return self._link(name).xdp
 
     def default_route_interface(self) -> str | None:
         """The interface of the default route (main table; IPv4 first, then IPv6), by lowest metric.
@@ -506,8 +495,7 @@ class Netlink:
         Returns the state read back, which shows the program in `mode`.
         """
         mode_flag = _check_mode(mode)
-        link = self._link(name)
-        index = link["index"]  # type: ignore[index]
+        index = self._link(name).index
         ctx = self._ctx(interface=name, mode=mode)
         try:
             wanted_id = _prog_id_of(prog_fd)
@@ -571,10 +559,10 @@ class Netlink:
         Returns the state read back afterwards.
         """
         mode_flag = _check_mode(mode)
-        link = self._link(name)
+        index = self._link(name).index
         ctx = self._ctx(interface=name, mode=mode)
         try:
-            self._set_xdp(link["index"], -1, XDP_FLAGS_REPLACE | mode_flag, expected_prog_fd)  # type: ignore[index]
+            self._set_xdp(index, -1, XDP_FLAGS_REPLACE | mode_flag, expected_prog_fd)
         except NetlinkError as exc:
             code, kmsg = exc.code, _extack(exc)
             if code == errno.ENODEV:
