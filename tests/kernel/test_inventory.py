@@ -146,10 +146,26 @@ def pod_node() -> Iterator[str]:
             run("ip", "-n", node, "link", "add", bridge, "type", "bridge")
         for name in ("lo", "eth0", "vethab12cd34", "cali0123abcd", "cni0", "docker0"):
             run("ip", "-n", node, "link", "set", name, "up")
+        _wait_carrier(node, ("eth0", "vethab12cd34", "cali0123abcd"))
         yield node
     finally:
         run("ip", "netns", "del", node, check=False)
         run("ip", "netns", "del", pods, check=False)
+
+
+def _wait_carrier(netns: str, veths: tuple[str, ...], timeout: float = 10.0) -> None:
+    """Until each veth's operstate is UP: the kernel's linkwatch sets it, and notifies the
+    carrier change, a moment after `link set up` (a recording started before that saw the
+    notification on a pod's veth and took it for a probe)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["ip", "-j", "-n", netns, "link", "show"], check=True, capture_output=True,
+                             text=True).stdout
+        states = {link["ifname"]: link.get("operstate") for link in json.loads(out)}
+        if all(states.get(v) == "UP" for v in veths):
+            return
+        assert time.monotonic() < deadline, f"veths not UP after {timeout}s: {states}"
+        time.sleep(0.05)
 
 
 class LinkMonitor:
