@@ -311,7 +311,11 @@ def _extack(exc: NetlinkError) -> str | None:
 
 
 class Netlink:
-    """rtnetlink in one namespace. Use as a context manager, or call close()."""
+    """rtnetlink in one namespace. Use as a context manager, or call close().
+
+    One thread at a time (the agent's worker thread does all its kernel work): reads share
+    one plain rtnetlink socket, and an answer is matched to its request by sequence number
+    only."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
