@@ -436,10 +436,11 @@ class Agent:
         for a program that cannot be offloaded), then the worker loads it device-bound."""
         def build(iface: str) -> tuple[str, int]:
             offload.check_source(req.source, program=program, interface=iface, mode="offload")
-            dreq, key, index = self._device_build(req, iface)
+            dreq, key = self._device_build(req, iface)
             digest = key[:12]
             pinned = {p.digest12: p for p in self.pins.open_pinned(program)}
             if digest not in pinned:
+                index = self.netlink.interface(iface).index
                 failed = self._offload_failures.get((program, iface))
                 if failed is not None and failed[:2] == (key, index):
                     log.debug("%s: offload build for %s refused before (%s); not rebuilt", program, iface,
@@ -461,19 +462,19 @@ class Agent:
         for it: the next reconcile reports the same refusal without building it again (the
         build is unpinned by the gc as unused). Same rules as a refused build."""
         def refused(iface: str, error: KernelError) -> None:
+            _, key = self._device_build(req, iface)
             try:
-                _, key, index = self._device_build(req, iface)
+                index = self.netlink.interface(iface).index
             except KernelError:
                 return                          # gone meanwhile: nothing to remember
             self._offload_failures[(program, iface)] = (key, index, error)
         return refused
 
-    def _device_build(self, req: CompileRequest, iface: str) -> tuple[CompileRequest, str, int]:
-        """`req` built for `iface`'s device: the request, its compile key and the device's
-        ifindex, which together identify a build the device refused (_offload_failures).
-        Raises InterfaceNotFound when the interface is gone."""
+    def _device_build(self, req: CompileRequest, iface: str) -> tuple[CompileRequest, str]:
+        """`req` built for `iface`'s device, and its compile key (with the device's ifindex,
+        what identifies a build the device refused: _offload_failures)."""
         dreq = dataclasses.replace(req, device=iface)
-        return dreq, self.builder.key(dreq), self.netlink.interface(iface).index
+        return dreq, self.builder.key(dreq)
 
     @staticmethod
     def _still_attached(program: str, observed, reason: str) -> list[IfaceResult]:
