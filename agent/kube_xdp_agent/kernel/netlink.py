@@ -371,10 +371,7 @@ class Netlink:
                 links: list[LinkInfo] = []
                 interrupted = False
                 while True:
-                    data, _, flags, _ = sock.recvmsg(DUMP_RECV_BYTES)
-                    if flags & socket.MSG_TRUNC:
-                        raise DumpError(f"a dump message did not fit in {DUMP_RECV_BYTES} bytes")
-                    part = split_dump(data, seq)
+                    part = self._receive(sock, seq)
                     links += [decode_link(p) for kind, p in part.payloads if kind == RTM_NEWLINK]
                     interrupted |= part.interrupted
                     if part.done:
@@ -395,6 +392,14 @@ class Netlink:
             self._dump_sock.settimeout(DUMP_TIMEOUT_S)
         return self._dump_sock
 
+    @staticmethod
+    def _receive(sock: socket.socket, seq: int) -> DumpPart:
+        """One recv() of the answer to request `seq`, split into its messages."""
+        data, _, flags, _ = sock.recvmsg(DUMP_RECV_BYTES)
+        if flags & socket.MSG_TRUNC:
+            raise DumpError(f"a netlink answer did not fit in {DUMP_RECV_BYTES} bytes")
+        return split_dump(data, seq)
+
     def _drop_dump_socket(self) -> None:
         if self._dump_sock is not None:
             self._dump_sock.close()
@@ -410,19 +415,13 @@ class Netlink:
             seq = next(self._seq) & 0xFFFFFFFF
             sock.send(link_get_request(seq, name))
             while True:
-                data, _, flags, _ = sock.recvmsg(DUMP_RECV_BYTES)
-                if flags & socket.MSG_TRUNC:
-                    raise DumpError(f"the answer did not fit in {DUMP_RECV_BYTES} bytes")
-                for kind, payload in split_dump(data, seq).payloads:
+                for kind, payload in self._receive(sock, seq).payloads:
                     if kind == RTM_NEWLINK:
                         return decode_link(payload)
-        except DumpError as exc:
-            if exc.errno in (errno.ENODEV, errno.ENOENT):     # an error answer: the socket stays in step
+        except (DumpError, OSError) as exc:
+            if isinstance(exc, DumpError) and exc.errno in (errno.ENODEV, errno.ENOENT):
+                # the kernel's error answer was the whole answer: the socket stays in step
                 raise InterfaceNotFound(f"no interface {name!r}", interface=name, netns=self.netns) from exc
-            self._drop_dump_socket()
-            raise KernelError(f"reading interface {name!r} failed: {exc}", errno=exc.errno,
-                              **self._ctx(interface=name)) from exc
-        except OSError as exc:
             self._drop_dump_socket()       # a half-read answer must not be taken for the next one's
             raise KernelError(f"reading interface {name!r} failed: {exc}", errno=exc.errno,
                               **self._ctx(interface=name)) from exc
