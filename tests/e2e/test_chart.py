@@ -33,6 +33,7 @@ from kube_xdp_api import rbac, schema
 from kube_xdp_rig import apply as applier
 
 from .conftest import api_client
+from .kubexdp import wait
 
 helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk (PyPI) is the Helm engine; pip install -e '.[test]'")
 
@@ -335,10 +336,8 @@ def _wait_crds_gone(client, names: list[str], timeout: float = 60) -> None:
     """A CRD's deletion is asynchronous: the API server's customresourcecleanup finalizer
     removes its objects first, so the CRD lingers as Terminating for a moment (long enough,
     on a loaded machine, for the next test to find it)."""
-    deadline = time.monotonic() + timeout
-    while (left := {n: v for n, v in crd_versions(client, names).items() if v is not None}):
-        assert time.monotonic() < deadline, f"CRDs still present {timeout}s after deletion: {left}"
-        time.sleep(0.2)
+    wait(lambda: set(crd_versions(client, names).values()) == {None}, timeout, f"CRDs {names} gone after deletion",
+         interval=0.2)
 
 
 @pytest.mark.skipif(KUBECTL is None, reason="no kubectl binary on PATH (Debian: apt-get install kubernetes-client)")
