@@ -666,7 +666,8 @@ def compile_entry(memory: dict[str, dict], key: str, pinned: set[str], old: Mapp
 def settled_interfaces(status: Mapping | None, modes: tuple[str, ...]) -> frozenset[str]:
     """Interfaces whose fallback mode is the outcome of trying `modes` in order: the status
     reports them ready with a fallback reason, and its message (execute.fallback_message)
-    names the same running mode and, first, the same preferred mode. A changed mode policy (another preferred mode) is not settled by an old outcome."""
+    names the same running mode and, first, the same preferred mode. A changed mode policy
+    (another preferred mode) is not settled by an old outcome."""
     out = set()
     for i in (status or {}).get("interfaces") or []:
         if i.get("ready") and i.get("progId") and i.get("reason") and i.get("mode") and modes \
