@@ -8,11 +8,11 @@ PYTEST_ARGS ?=
 RIG_ARGS ?=
 export KUBE_XDP_CACHE ?= $(HOME)/.cache/kube-xdp
 
-.PHONY: help deps venv apiserver crds rig-up rig-down rig-status demo test test-unit test-kernel test-e2e \
+.PHONY: help deps venv crds rig-up rig-down rig-status demo test test-unit test-kernel test-e2e binaries \
 	lab-deps offload-kernel offload-lab bench clean
 
 help:
-	@echo "targets: demo test test-unit test-kernel test-e2e rig-up rig-down rig-status crds deps venv apiserver clean"
+	@echo "targets: demo test test-unit test-kernel test-e2e rig-up rig-down rig-status crds deps venv binaries clean"
 
 # Debian packages and bcc's kernel-header links (idempotent, fast when done).
 deps:
@@ -30,9 +30,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: deps $(VENV)/.installed
 
-# kube-apiserver built from Debian's kubernetes source package, cached in $(KUBE_XDP_CACHE).
-apiserver: deps
-	@bash scripts/build-kube-apiserver.sh
+# kube-apiserver, etcd, kubectl, helm and kxstatus built from the Go modules in build/
+# (Kubernetes 1.37), cached in $(KUBE_XDP_CACHE)/bin; only what is missing or stale is built.
+binaries: venv
+	@$(PY) -m kube_xdp_rig.gobuild
 
 # CRD YAML from kube_xdp_api.schema (the one source), in crds/ and in the chart (tests fail on drift).
 # The offload lab: QEMU + virtme-ng, and a small kernel with netdevsim built once from
@@ -50,7 +51,7 @@ crds: venv
 	$(PY) -m kube_xdp_api.schema --write crds/
 	$(PY) -m kube_xdp_api.schema --write charts/kube-xdp/crds/
 
-rig-up: venv apiserver
+rig-up: venv binaries
 	$(PY) -m kube_xdp_rig up $(RIG_ARGS)
 
 rig-down: venv
@@ -59,7 +60,7 @@ rig-down: venv
 rig-status: venv
 	$(PY) -m kube_xdp_rig status
 
-demo: venv apiserver
+demo: venv binaries
 	$(PY) -m kube_xdp_rig.demo $(RIG_ARGS)
 
 test-unit: venv
@@ -68,15 +69,15 @@ test-unit: venv
 test-kernel: venv
 	$(PY) -m pytest tests/kernel $(PYTEST_ARGS)
 
-test-e2e: venv apiserver
+test-e2e: venv binaries
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # The whole suite (unit, kernel, rig e2e, faults, the offload lab under QEMU). Tests that
 # need the rig start and stop their own instance.
-test: venv apiserver offload-kernel
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest tests $(PYTEST_ARGS)
+test: venv binaries offload-kernel
+	PATH=$(CURDIR)/$(VENV)/bin:$(KUBE_XDP_CACHE)/bin:$$PATH $(PY) -m pytest tests $(PYTEST_ARGS)
 
-bench: venv apiserver
+bench: venv binaries
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -9,25 +9,17 @@ die() { echo "install-host-deps: $*" >&2; exit 1; }
 [ "${VERSION_CODENAME:-}" = bookworm ] || echo "install-host-deps: warning: tested on Debian 12 (bookworm), this is ${PRETTY_NAME:-unknown}" >&2
 
 PKGS=(
-  etcd-server                          # the rig's datastore
-  golang-1.19-go                       # builds kube-apiserver from Debian's source package
-  golang-github-modern-go-reflect2-dev # replaces the vendored reflect2 that crashes on Go >= 1.18
-  dpkg-dev                             # apt-get source
+  dpkg-dev                             # apt-get source (the offload lab's kernel)
   python3-bpfcc python3-venv python3-dev  # bcc for Debian's python3, and the venv on top of it
   linux-headers-amd64                  # UAPI headers for bcc (linked below)
   netsniff-ng                          # trafgen: real packet load
-  rsync                                # kubernetes' own build scripts use it
   iproute2 openssl make procps psmisc kmod
 )
-# kubectl, for the person at the keyboard (README, `rig up`, the kubectl e2e tests): Debian's
-# kubernetes-client (1.20, the API server's own version) unless one is on PATH already.
-command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)
-
-# deb-src for the kubernetes source package (only bookworm main; added once).
+# deb-src for the linux source package (the offload lab's kernel; only bookworm main; added once).
 SRC=${KUBE_XDP_DEB_SRC_FILE:-/etc/apt/sources.list.d/kube-xdp-deb-src.sources}
 if [ ! -f "$SRC" ]; then
   cat > "$SRC" <<'SRCEOF'
-# added by kube-xdp scripts/install-host-deps.sh: apt-get source kubernetes/linux
+# added by kube-xdp scripts/install-host-deps.sh: apt-get source linux
 Types: deb-src
 URIs: http://deb.debian.org/debian
 Suites: bookworm

@@ -2,7 +2,8 @@
 
 Addresses come from 198.18.0.0/15 (RFC 2544, reserved for benchmarking): node i's
 interface j is the /30 198.18.i.4j/30 (node i <= 254, j <= 62), with the traffic source
-at .4j+1 and the node at .4j+2. Nodes 255.. use 198.19.(i-254).
+at .4j+1 and the node at .4j+2. Nodes 255.. use 198.19.(i-254). The Service CIDR is
+198.19.240.0/24, above every node's block (MAX_NODES keeps nodes below 198.19.0.0).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _IFNAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,14}$")
 _LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 MAX_NODES = 200
+SERVICE_CIDR = "198.19.240.0/24"
 MAX_IFACES = 8
 
 

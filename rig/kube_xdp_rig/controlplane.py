@@ -12,14 +12,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from . import gobuild
+from .config import SERVICE_CIDR
 from .procs import ProcTable
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-APISERVER_BUILD_SCRIPT = SCRIPTS / "build-kube-apiserver.sh"
-# The one place the build id lives (the source version plus our patches); the build script
-# reads the same file. Change it when a patch changes, and every cache rebuilds once.
-APISERVER_BUILD_ID_FILE = SCRIPTS / "kube-apiserver.build-id"
-APISERVER_BUILD_ID = APISERVER_BUILD_ID_FILE.read_text().strip()
+CONTROL_PLANE = ["kube-apiserver", "etcd", "kubectl"]
+
 SERVICE_ACCOUNT_ISSUER = "https://kube-xdp-rig.invalid"
 
 
@@ -83,51 +81,22 @@ def ensure_port_free(port: int, what: str, flag: str, grace: float = 0.0) -> Non
         raise RigError(f"port {port} for {what} is already in use by {owner}: stop it, or pass {flag} PORT")
 
 
-def apiserver_binary(cache_dir: Path, build_script: Path = APISERVER_BUILD_SCRIPT) -> Path:
-    """The cached kube-apiserver, built from Debian's source package if missing. A cached
-    file that does not run (truncated by an interrupted copy, or corrupted) is removed
-    and rebuilt; a failed build raises a one-line RigError naming what to rerun."""
-    binary = cache_dir / "bin" / f"kube-apiserver-{APISERVER_BUILD_ID}"
-    if not _runs(binary):
-        if binary.exists():
-            print(f"rig: the cached kube-apiserver {binary} does not run (truncated or corrupted); "
-                  "removing it and building it again (about 3-4 minutes)", flush=True)
-            binary.unlink()
-        else:
-            print(f"rig: kube-apiserver not cached at {binary}; building it from Debian's kubernetes "
-                  "source package (about 3-4 minutes)", flush=True)
-        try:
-            proc = subprocess.run(["bash", str(build_script)], env=_env(cache_dir))
-        except OSError as e:
-            raise RigError(f"cannot run {build_script}: {e}") from None
-        if proc.returncode != 0:
-            raise RigError(f"building kube-apiserver failed ({build_script.name} exited {proc.returncode}; "
-                           "its message is above): fix that, then rerun 'make apiserver'")
-        if not _runs(binary):
-            raise RigError(f"building kube-apiserver finished but {binary} does not run: "
-                           f"remove {cache_dir / 'bin'} and rerun 'make apiserver'")
-    return binary
-
-
-def _env(cache_dir: Path) -> dict:
-    return {**os.environ, "KUBE_XDP_CACHE": str(cache_dir), "KUBE_XDP_APISERVER_BUILD_ID": APISERVER_BUILD_ID}
-
-
-def _runs(binary: Path) -> bool:
-    if not binary.is_file():
-        return False
+def binaries(cache_dir: Path) -> dict[str, Path]:
+    """The control plane's binaries (kube-apiserver, etcd) and the clients a person uses
+    with the rig (kubectl), built from the project's Go build module when not cached; a
+    failed build raises a one-line RigError naming the component and its log."""
     try:
-        return subprocess.run([str(binary), "--version"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        return gobuild.ensure(CONTROL_PLANE, cache_dir)
+    except gobuild.BuildError as e:
+        raise RigError(f"{e}; fix that, then rerun 'make binaries'") from None
 
 
-def start_etcd(procs: ProcTable, state: Path, port: int) -> None:
+def start_etcd(procs: ProcTable, state: Path, binary: Path, port: int) -> None:
     data = state / "etcd"
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     peer = port + 1
     procs.start("etcd", [
-        "etcd", "--name", "kube-xdp-rig", "--data-dir", str(data),
+        str(binary), "--name", "kube-xdp-rig", "--data-dir", str(data),
         "--listen-client-urls", f"http://127.0.0.1:{port}", "--advertise-client-urls", f"http://127.0.0.1:{port}",
         "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
         "--initial-cluster", f"kube-xdp-rig=http://127.0.0.1:{peer}", "--initial-cluster-state", "new",
@@ -166,14 +135,17 @@ def start_apiserver(procs: ProcTable, state: Path, binary: Path, port: int, etcd
         str(binary),
         f"--etcd-servers=http://127.0.0.1:{etcd_port}",
         f"--secure-port={port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-        "--insecure-port=0",
         f"--tls-cert-file={pki}/server.crt", f"--tls-private-key-file={pki}/server.key",
         f"--client-ca-file={pki}/ca.crt",
         f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
         f"--token-auth-file={pki}/tokens.csv",
         "--authorization-mode=RBAC",
-        "--service-cluster-ip-range=10.96.0.0/24",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        # The API server listens and advertises on loopback, which the endpoint reconciler
+        # of the `kubernetes` Service refuses since 1.2x: process nodes reach it on loopback
+        # and no pod needs that Service here, so no reconciler (no endpoints).
+        "--endpoint-reconciler-type=none",
         "--allow-privileged=true",
         "--profiling=false",
         "--v=1",

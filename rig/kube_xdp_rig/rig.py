@@ -196,16 +196,16 @@ class Rig:
         controlplane.ensure_port_free(cfg.apiserver_port, "kube-apiserver", "--apiserver-port", grace)
         controlplane.ensure_port_free(cfg.etcd_port, "etcd", "--etcd-port", grace)
         controlplane.ensure_port_free(cfg.etcd_port + 1, "etcd peer", "--etcd-port", grace)
-        binary = controlplane.apiserver_binary(cfg.cache_dir)
+        binaries = controlplane.binaries(cfg.cache_dir)
         self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             pki = self.state / "pki"
             certs.generate(pki)
             log(f"rig: starting etcd on 127.0.0.1:{cfg.etcd_port}")
-            controlplane.start_etcd(self.procs, self.state, cfg.etcd_port)
+            controlplane.start_etcd(self.procs, self.state, binaries["etcd"], cfg.etcd_port)
             log(f"rig: starting kube-apiserver on {self.server}")
-            controlplane.start_apiserver(self.procs, self.state, binary, cfg.apiserver_port, cfg.etcd_port,
-                                         audit=cfg.audit)
+            controlplane.start_apiserver(self.procs, self.state, binaries["kube-apiserver"], cfg.apiserver_port,
+                                         cfg.etcd_port, audit=cfg.audit)
             tokens = certs.tokens(pki)
             kubeconfigs = {}
             for ident, token in tokens.items():
@@ -347,7 +347,7 @@ class Rig:
             return
         cfg = self.config
         controlplane.ensure_port_free(cfg.apiserver_port, "kube-apiserver", "--apiserver-port", grace=10.0)
-        binary = controlplane.apiserver_binary(cfg.cache_dir)
+        binary = controlplane.binaries(cfg.cache_dir)["kube-apiserver"]
         controlplane.start_apiserver(self.procs, self.state, binary, cfg.apiserver_port, cfg.etcd_port,
                                      audit=cfg.audit)
         pki = self.state / "pki"
