@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         config = kubernetes.client.Configuration()
         kubernetes.config.load_incluster_config(client_configuration=config)
         client = kubernetes.client.ApiClient(config)
+    from kube_xdp_api import compat
+    try:
+        compat.require_supported(client, component="kube-xdp-agent")
+    except compat.UnsupportedKubernetes as e:
+        print(e, file=sys.stderr)
+        return 1
     agent = Agent(AgentConfig(node_name=args.node_name, bpffs=args.bpffs, netns=args.netns, resync=args.resync,
                               inventory=not args.no_inventory, inventory_interfaces=args.inventory_interfaces),
                   client, HostKernel())

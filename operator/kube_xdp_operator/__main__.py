@@ -29,8 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     from . import handlers
     from .kubeapi import ClusterApi
 
+    from kube_xdp_api import compat
+
+    api = ClusterApi.connect(args.kubeconfig)
+    try:
+        compat.require_supported(api.client, component="kube-xdp-operator")
+    except compat.UnsupportedKubernetes as e:
+        print(e, file=sys.stderr)
+        return 1
     handlers.AGENT_CLEANUP_TIMEOUT = args.agent_cleanup_timeout
-    handlers.install(ClusterApi.connect(args.kubeconfig))
+    handlers.install(api)
     kopf.run(clusterwide=True, standalone=True,
              liveness_endpoint=None if args.liveness == "none" else args.liveness)
     return 0

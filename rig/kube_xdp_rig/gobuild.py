@@ -129,10 +129,10 @@ def go_binary() -> str:
     return found
 
 
-def go_env(cache_dir: Path) -> dict[str, str]:
+def go_env(go_dir: Path) -> dict[str, str]:
     """Module and build caches under the project's cache; go.sum must already hold every
     module (-mod=readonly: a build never changes what it depends on); no toolchain switch."""
-    return {**os.environ, "GOMODCACHE": str(cache_dir / "go" / "mod"), "GOCACHE": str(cache_dir / "go" / "build"),
+    return {**os.environ, "GOMODCACHE": str(go_dir / "mod"), "GOCACHE": str(go_dir / "build"),
             "GOFLAGS": "-mod=readonly -trimpath -buildvcs=false", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
 
 
@@ -179,11 +179,14 @@ def say(message: str) -> None:
 
 
 def ensure(names: list[str] | None = None, cache_dir: Path | None = None, log=say,
-           build_dir: Path = BUILD_DIR) -> dict[str, Path]:
+           build_dir: Path | None = None, go_dir: Path | None = None) -> dict[str, Path]:
     """Build the named components (all by default) that are not cached and working; return
-    name -> binary path. Each is also linked as <cache>/bin/<name>."""
+    name -> binary path. Each is also linked as <cache>/bin/<name>. The Go module and build
+    caches are <cache>/go unless `go_dir` says otherwise."""
     from .config import DEFAULT_CACHE
     cache_dir = cache_dir or DEFAULT_CACHE
+    build_dir = build_dir or BUILD_DIR
+    go_dir = go_dir or cache_dir / "go"
     names = list(names or COMPONENTS)
     bin_dir = cache_dir / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
@@ -197,9 +200,9 @@ def ensure(names: list[str] | None = None, cache_dir: Path | None = None, log=sa
                 log(f"build: the cached {p.path.name} does not run or reports another version: rebuilding it")
                 p.path.unlink()
             if p.component.module not in downloaded:
-                _download(go, p.component, cache_dir, build_dir)
+                _download(go, p.component, cache_dir, build_dir, go_dir)
                 downloaded.add(p.component.module)
-            _build(go, p, cache_dir, build_dir, log)
+            _build(go, p, cache_dir, build_dir, go_dir, log)
         _link(bin_dir, p)
         out[p.component.name] = p.path
     return out
@@ -211,10 +214,10 @@ def _log_file(cache_dir: Path, what: str) -> Path:
     return logs / f"{what}.log"
 
 
-def _download(go: str, comp: Component, cache_dir: Path, build_dir: Path) -> None:
+def _download(go: str, comp: Component, cache_dir: Path, build_dir: Path, go_dir: Path) -> None:
     log_file = _log_file(cache_dir, f"download-{comp.module}")
     with open(log_file, "w") as f:
-        proc = subprocess.run([go, "mod", "download"], cwd=comp.module_dir(build_dir), env=go_env(cache_dir),
+        proc = subprocess.run([go, "mod", "download"], cwd=comp.module_dir(build_dir), env=go_env(go_dir),
                               stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise BuildError(f"{comp.name}: downloading the Go modules of build/{comp.module} failed "
@@ -222,7 +225,7 @@ def _download(go: str, comp: Component, cache_dir: Path, build_dir: Path) -> Non
                          "then rerun 'make binaries'")
 
 
-def _build(go: str, p: Planned, cache_dir: Path, build_dir: Path, log) -> None:
+def _build(go: str, p: Planned, cache_dir: Path, build_dir: Path, go_dir: Path, log) -> None:
     comp = p.component
     log_file = _log_file(cache_dir, comp.name)
     tmp = p.path.with_name(f".{p.path.name}.tmp{os.getpid()}")
@@ -234,7 +237,7 @@ def _build(go: str, p: Planned, cache_dir: Path, build_dir: Path, log) -> None:
         f"({comp.estimate or 'a few minutes'} cold on 2 cores; log: {log_file})")
     t0 = time.monotonic()
     with open(log_file, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=comp.module_dir(build_dir), env=go_env(cache_dir),
+        proc = subprocess.Popen(cmd, cwd=comp.module_dir(build_dir), env=go_env(go_dir),
                                 stdout=f, stderr=subprocess.STDOUT)
         done = threading.Event()
         ticker = threading.Thread(target=_progress, args=(comp.name, log_file, t0, done, log), daemon=True)
