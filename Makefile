@@ -32,6 +32,7 @@ venv: deps $(VENV)/.installed
 
 # kube-apiserver, etcd, kubectl, helm and kxstatus built from the Go modules in build/
 # (Kubernetes 1.37), cached in $(KUBE_XDP_CACHE)/bin; only what is missing or stale is built.
+# (`rig up` and the demo build the control plane and kubectl themselves when missing.)
 binaries: venv
 	@$(PY) -m kube_xdp_rig.gobuild
 
@@ -51,7 +52,7 @@ crds: venv
 	$(PY) -m kube_xdp_api.schema --write crds/
 	$(PY) -m kube_xdp_api.schema --write charts/kube-xdp/crds/
 
-rig-up: venv binaries
+rig-up: venv
 	$(PY) -m kube_xdp_rig up $(RIG_ARGS)
 
 rig-down: venv
@@ -60,7 +61,7 @@ rig-down: venv
 rig-status: venv
 	$(PY) -m kube_xdp_rig status
 
-demo: venv binaries
+demo: venv
 	$(PY) -m kube_xdp_rig.demo $(RIG_ARGS)
 
 test-unit: venv

@@ -41,6 +41,17 @@ def _hypervisor() -> bool:
     return " hypervisor" in Path("/proc/cpuinfo").read_text()
 
 
+def _apiserver_version() -> str:
+    """The rig's kube-apiserver, as the cached binary reports it (built from build/k8s)."""
+    from kube_xdp_rig.config import DEFAULT_CACHE
+    binary = DEFAULT_CACHE / "bin" / "kube-apiserver"
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return f"{out.split()[-1]} (the rig's, built from build/k8s)" if out.strip() else "?"
+
+
 def _git(repo: Path, *args: str) -> str:
     try:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10).stdout.strip()
@@ -63,7 +74,7 @@ def describe(repo: Path) -> dict:
         "os": _os_release(),
         "python": sys.version.split()[0],
         "bcc": bcc,
-        "kube_apiserver": "v1.20.2 (the rig's, built from Debian's source package)",
+        "kube_apiserver": _apiserver_version(),
         "git_commit": _git(repo, "rev-parse", "--short", "HEAD"),
         "git_dirty": bool(_git(repo, "status", "--porcelain", "--untracked-files=no")),
     }

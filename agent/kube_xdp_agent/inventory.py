@@ -132,8 +132,8 @@ class NodeInventory:
     def to_status(self, *, extended: bool = False) -> dict[str, Any]:
         """The XdpNode status fields this inventory fills (api schema.node_status_schema).
 
-        Only fields the schema declares, and no empty strings (the rig's API server
-        refuses them). `extended=True` adds per interface `kind`, `unknownModes` (modes
+        Only fields the schema declares; a value not known (no bcc version) is left out
+        rather than written as an empty string. `extended=True` adds per interface `kind`, `unknownModes` (modes
         not probed: the hook was in use, or the interface was not selected for probing)
         and `unsupported`; and `probed: false` for an interface not selected, once the
         XdpNode schema declares `probed` (an undeclared field would be pruned by the API

@@ -100,7 +100,7 @@ def set_condition(
     new); reason, message and observedGeneration are always updated. Order is kept, a new
     type is appended. The message is trimmed to MESSAGE_MAX characters; an empty message
     is replaced by the reason's meaning from reasons.CATALOGUE (a human always gets a
-    sentence, and no empty string is written: see docs/api.md on the rig's API server).
+    sentence).
     """
     if status not in STATUSES:
         raise ValueError(f"condition {type}: status {status!r} is not one of {STATUSES}")
