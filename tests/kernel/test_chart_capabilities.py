@@ -1,13 +1,14 @@
 """The agent's kernel path under exactly the capabilities the Helm chart grants it.
 
 The chart runs the agent as uid 0 with `capabilities: {drop: [ALL], add: [...]}` and
-allowPrivilegeEscalation=false instead of privileged. This test renders the chart (real
-Helm engine), takes the agent's capability list from the DaemonSet, and runs the agent's
-own kernel layer (bcc compile and load, bpffs pin, netlink attach in native and generic
-mode, read-back, detach) in a child process whose bounding set is that list, with
-no_new_privs, as a container runtime would set it up (setpriv from util-linux); then the
-agent's default build path (kube_xdp_agent.build.SubprocessBuilder: a worker process that
-compiles confined under seccomp and pins) under the same list, and attaches the pin.
+allowPrivilegeEscalation=false instead of privileged. This test renders the chart (`helm
+template`, the real helm CLI), takes the agent's capability list from the DaemonSet, and
+runs the agent's own kernel layer (bcc compile and load, bpffs pin, netlink attach in
+native and generic mode, read-back, detach) in a child process whose bounding set is
+that list, with no_new_privs, as a container runtime would set it up (setpriv from
+util-linux); then the agent's default build path (kube_xdp_agent.build.SubprocessBuilder:
+a worker process that compiles confined under seccomp and pins) under the same list, and
+attaches the pin.
 
 What it pins down (kernel 5.8+):
 - the default list does everything, including the entrypoint signature check that
@@ -30,9 +31,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .. import helm_cli
 from .conftest import NetnsPair
-
-helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk (PyPI) renders the chart; pip install -e '.[test]'")
 
 pytestmark = pytest.mark.kernel
 
@@ -99,8 +99,7 @@ print(json.dumps(result))
 
 
 def agent_capabilities(values: dict) -> list[str]:
-    rendered = helm_python.Chart.load(CHART).render(values, name="kube-xdp", namespace="kube-xdp")
-    docs = [d for path, text in rendered.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+    docs = helm_cli.render(values, release="kube-xdp", namespace="kube-xdp", chart=CHART)
     (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
     sc = ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]
     assert sc["capabilities"]["drop"] == ["ALL"] and sc["allowPrivilegeEscalation"] is False

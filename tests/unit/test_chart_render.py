@@ -1,12 +1,15 @@
-"""The Helm chart (charts/kube-xdp) through the real Helm engine, offline.
+"""The Helm chart (charts/kube-xdp) through the real helm v4 CLI, offline.
 
-helm-python-sdk binds Helm v4's own Go SDK (lint, schema validation, rendering), so what
-passes here passes `helm lint --strict` / `helm template`. No cluster: the install and
-upgrade against the rig's API server are in tests/e2e/test_chart.py.
+`helm lint --strict`, `helm template` and `helm show`, exactly as a user or a CI job
+runs them (tests/helm_cli.py: the binary built by kube_xdp_rig.gobuild), for the oldest
+Kubernetes the chart supports. No cluster: the install, upgrade, rollback and uninstall
+against the rig's API server are in tests/e2e/test_chart.py.
 """
 
 from __future__ import annotations
 
+import collections
+import json
 import re
 import shutil
 import tomllib
@@ -16,31 +19,44 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk (PyPI) is the Helm engine; pip install -e '.[test]'")
+from kube_xdp_agent.inventory import DEFAULT_PROBE_PATTERN, interface_selector
+from kube_xdp_api import names, rbac, schema
 
-from kube_xdp_agent.inventory import DEFAULT_PROBE_PATTERN, interface_selector  # noqa: E402
-from kube_xdp_api import names, rbac, schema  # noqa: E402
+from .. import helm_cli
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kube-xdp"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE, NAMESPACE = "kube-xdp", "kube-xdp"
-KUBE_VERSION = "v1.20.0"     # the oldest the chart supports (Chart.yaml kubeVersion), and the rig's
+KUBE_VERSION = "v1.32.0"     # the oldest the chart supports (Chart.yaml kubeVersion; the rig runs 1.37.2)
+SCHEMA_REFUSAL = "values don't meet the specifications of the schema(s)"      # Helm's own words
 
 
 def render(values: dict | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE) -> list[dict]:
-    out = helm_python.Chart.load(CHART).render(values or {}, name=release, namespace=namespace)
-    docs = []
-    for path, text in sorted(out.items()):
-        if path.endswith(".txt"):
-            continue
-        docs += [d for d in yaml.safe_load_all(text) if d]
-    return docs
+    return helm_cli.render(values, release=release, namespace=namespace, kube_version=KUBE_VERSION)
 
 
 def notes(values: dict | None = None) -> str:
-    out = helm_python.Chart.load(CHART).render(values or {}, name=RELEASE, namespace=NAMESPACE)
-    return next(text for path, text in out.items() if path.endswith("NOTES.txt"))
+    """NOTES.txt as `helm install` prints it (a client-side dry run: no cluster)."""
+    out = helm_cli.ok("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", "-o", "json",
+                      values=values or {})
+    return json.loads(out.stdout)["info"]["notes"]
+
+
+def chart_metadata() -> dict:
+    return yaml.safe_load(helm_cli.show("chart"))
+
+
+def values_schema() -> dict:
+    return json.loads((CHART / "values.schema.json").read_text())
+
+
+def refused_by_the_schema(values: dict) -> str:
+    """Helm's error when `helm template` refuses `values` (asserts that it does)."""
+    result = helm_cli.run("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
+                          values=values)
+    assert result.returncode != 0, f"helm template accepted {values}"
+    return result.stderr
 
 
 def one(docs: list[dict], kind: str, name_suffix: str = "") -> dict:
@@ -55,9 +71,11 @@ def ci_values(path: Path) -> dict:
 
 # --- lint, scenarios, schema ---------------------------------------------------------------
 def lint_problems(chart: Path, values: dict | None = None) -> list[str]:
-    report = helm_python.lint(chart, values, strict=True, kube_version=KUBE_VERSION)
-    # severity: 1 info (only "icon is recommended"), 2 warning, 3 error
-    return report["errors"] + [f"{m['path']}: {m['error']}" for m in report["messages"] if m["severity"] >= 2]
+    """What `helm lint --strict` reports above INFO (the only INFO is "icon is
+    recommended"); a failing exit status without such a message is a problem too."""
+    status, messages = helm_cli.lint(chart, values, kube_version=KUBE_VERSION)
+    problems = [f"[{severity}] {text}" for severity, text in messages if severity != "INFO"]
+    return problems or ([f"helm lint exited {status}"] if status else [])
 
 
 def test_ci_scenarios_exist() -> None:
@@ -71,13 +89,47 @@ def test_strict_lint_is_clean(values_file: Path) -> None:
     assert lint_problems(CHART, ci_values(values_file)) == []
 
 
+# What every scenario renders at least; ADMISSION_KINDS may come on top (the per-node
+# admission policy, templates/admission-policy.yaml), nothing else.
+WORKLOAD_KINDS = collections.Counter({"ClusterRole": 2, "ClusterRoleBinding": 2, "DaemonSet": 1, "Deployment": 1,
+                                      "ServiceAccount": 2})
+ADMISSION_KINDS = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+
+
+def assert_chart_kinds(kinds: list[str]) -> None:
+    rendered = collections.Counter(kinds)
+    assert not WORKLOAD_KINDS - rendered, f"missing: {WORKLOAD_KINDS - rendered}"
+    assert set(rendered - WORKLOAD_KINDS) <= ADMISSION_KINDS, f"unexpected: {rendered - WORKLOAD_KINDS}"
+
+
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
 def test_every_ci_scenario_renders_and_validates(values_file: Path) -> None:
-    values = ci_values(values_file)
-    helm_python.Chart.load(CHART).validate_schema(values)
-    kinds = sorted(d["kind"] for d in render(values))
-    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
-                     "DaemonSet", "Deployment", "ServiceAccount", "ServiceAccount"]
+    """`helm template -f ci/X-values.yaml` (which validates the values against the
+    schema first) renders the operator, the agent and their RBAC."""
+    out = helm_cli.ok("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
+                      "-f", str(values_file))
+    assert_chart_kinds([d["kind"] for d in helm_cli.documents(out.stdout)])
+
+
+def test_the_kind_check_can_fail() -> None:
+    with pytest.raises(AssertionError):
+        assert_chart_kinds(["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Deployment", "ServiceAccount"])
+    with pytest.raises(AssertionError):
+        assert_chart_kinds(list(WORKLOAD_KINDS.elements()) + ["Secret"])
+    assert_chart_kinds(list(WORKLOAD_KINDS.elements()) + sorted(ADMISSION_KINDS))
+
+
+def test_kubernetes_older_than_the_minimum_is_refused() -> None:
+    """Chart.yaml's kubeVersion (>=1.32.0-0): helm refuses to render (and so to install)
+    for 1.31 with its own message; 1.32.0 and a vendor build of 1.32 pass. (`helm
+    install` checks the same constraint against the server's version.)"""
+    for old in ("1.31.0", "v1.31.9"):
+        result = helm_cli.run("template", RELEASE, str(CHART), "--kube-version", old)
+        assert result.returncode != 0
+        assert (f"chart requires kubeVersion: >=1.32.0-0 which is incompatible with Kubernetes "
+                f"v{old.removeprefix('v')}") in result.stderr, result.stderr
+    for supported in ("1.32.0", "v1.32.4-eks-4f4795d", "1.37.2"):
+        helm_cli.ok("template", RELEASE, str(CHART), "--kube-version", supported)
 
 
 def test_lint_catches_a_broken_chart(tmp_path: Path) -> None:
@@ -138,16 +190,13 @@ BAD_VALUES = {
 
 @pytest.mark.parametrize("values", BAD_VALUES.values(), ids=BAD_VALUES.keys())
 def test_values_violating_the_schema_are_refused(values: dict) -> None:
-    chart = helm_python.Chart.load(CHART)
-    with pytest.raises(helm_python.HelmError):
-        chart.validate_schema(values)
-    with pytest.raises(helm_python.HelmError):      # and rendering refuses them too
-        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    """`helm template` refuses them at the schema, before rendering anything."""
+    assert SCHEMA_REFUSAL in refused_by_the_schema(values)
 
 
 @pytest.mark.parametrize("values", NEW_REFUSALS.values(), ids=NEW_REFUSALS.keys())
 def test_strict_lint_refuses_them_too(values: dict) -> None:
-    assert any("values don't meet the specifications of the schema" in p for p in lint_problems(CHART, values))
+    assert any(SCHEMA_REFUSAL in p for p in lint_problems(CHART, values))
 
 
 ALLOWED_VALUES = {
@@ -163,7 +212,7 @@ ALLOWED_VALUES = {
 @pytest.mark.parametrize("values", ALLOWED_VALUES.values(), ids=ALLOWED_VALUES.keys())
 def test_the_refusals_are_narrow(values: dict) -> None:
     """What the refusals above must not catch: one of value/valueFrom, other label keys."""
-    helm_python.Chart.load(CHART).validate_schema(values)
+    render(values)
     assert lint_problems(CHART, values) == []
 
 
@@ -172,16 +221,16 @@ CAPABILITY_HEADER = Path("/usr/include/linux/capability.h")
 
 def test_capability_enum_is_the_kernels_list() -> None:
     """agent.capabilities accepts exactly the Linux capability names (without CAP_), as the
-    kernel's UAPI header defines them; each one alone is accepted."""
+    kernel's UAPI header defines them: the schema's enum is that list, and helm renders
+    all of them into the agent's capabilities (the enum applies to each item)."""
     if not CAPABILITY_HEADER.exists():
         pytest.skip("no /usr/include/linux/capability.h (Debian: linux-libc-dev)")
     kernel = re.findall(r"^#define CAP_([A-Z_]+)\s+[0-9]+\s*$", CAPABILITY_HEADER.read_text(), re.M)
     assert len(kernel) >= 41
-    chart = helm_python.Chart.load(CHART)
-    enum = chart.schema["properties"]["agent"]["properties"]["capabilities"]["items"]["enum"]
+    enum = values_schema()["properties"]["agent"]["properties"]["capabilities"]["items"]["enum"]
     assert sorted(enum) == sorted(kernel)
-    for name in kernel:
-        chart.validate_schema({"agent": {"capabilities": [name]}})
+    rendered = agent_pod({"agent": {"capabilities": kernel}})["containers"][0]["securityContext"]["capabilities"]
+    assert rendered["add"] == kernel
 
 
 def _object_schemas(node: dict, path: str = "$"):
@@ -203,7 +252,7 @@ PASS_THROUGH = {"$.operator.extraEnv[].valueFrom", "$.agent.extraEnv[].valueFrom
 def test_schema_is_strict_everywhere() -> None:
     """Every object either forbids unknown keys or types its free-form values (maps of
     strings such as annotations); only Kubernetes pass-through types stay open."""
-    root = helm_python.Chart.load(CHART).schema
+    root = values_schema()
     loose = []
     for path, node in _object_schemas(root):
         extra = node.get("additionalProperties")
@@ -219,7 +268,7 @@ def test_schema_is_strict_everywhere() -> None:
 def test_values_yaml_has_a_comment_on_every_key() -> None:
     """Each key the schema declares has a comment on the line(s) just above it (or at the
     end of its line) in values.yaml; keys inside free-form maps are exempt."""
-    root = helm_python.Chart.load(CHART).schema
+    root = values_schema()
     lines = (CHART / "values.yaml").read_text().splitlines()
     stack: list[tuple[int, str]] = []
     missing = []
@@ -246,7 +295,7 @@ def test_values_yaml_has_a_comment_on_every_key() -> None:
 def test_schema_declares_exactly_the_keys_of_values_yaml() -> None:
     """No default without a schema entry, no schema entry without a default to read
     (objects whose keys are all required; optional ones like affinity default to {})."""
-    chart = helm_python.Chart.load(CHART)
+    chart_schema, chart_values = values_schema(), yaml.safe_load(helm_cli.show("values"))
 
     def declared(node: dict, prefix: str = "") -> set[str]:
         out = set()
@@ -265,7 +314,7 @@ def test_schema_declares_exactly_the_keys_of_values_yaml() -> None:
                 out |= used(value, child, f"{prefix}{key}.")
         return out
 
-    in_schema, in_values = declared(chart.schema), used(chart.values, chart.schema)
+    in_schema, in_values = declared(chart_schema), used(chart_values, chart_schema)
     assert in_values == in_schema, f"keys in only one of values.yaml / the schema: {sorted(in_values ^ in_schema)}"
 
 
@@ -280,9 +329,11 @@ def test_chart_crds_are_the_repository_crds_byte_for_byte() -> None:
 
 
 def test_chart_crds_are_what_helm_installs() -> None:
-    crds = helm_python.Chart.load(CHART).crds
-    assert sorted(yaml.safe_load(c["data"])["metadata"]["name"] for c in crds) == sorted(
-        crd["metadata"]["name"] for crd in schema.all_crds())
+    """`helm show crds`: the CRDs Helm applies at install, exactly kube_xdp_api.schema's."""
+    shown = helm_cli.documents(helm_cli.show("crds"))
+    assert sorted(c["metadata"]["name"] for c in shown) == sorted(crd["metadata"]["name"] for crd in schema.all_crds())
+    assert {c["metadata"]["name"]: c["spec"] for c in shown} == {c["metadata"]["name"]: c["spec"]
+                                                                  for c in schema.all_crds()}
 
 
 def _rules(role: dict) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
@@ -471,7 +522,7 @@ def test_custom_image_scenario() -> None:
     tag_only = one(render({"image": {"repository": "r.example/kube-xdp", "tag": "1.2.3"}}), "Deployment")
     assert tag_only["spec"]["template"]["spec"]["containers"][0]["image"] == "r.example/kube-xdp:1.2.3"
     default = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert default == f"kube-xdp:{helm_python.Chart.load(CHART).metadata['appVersion']}"
+    assert default == f"kube-xdp:{chart_metadata()['appVersion']}"
 
 
 def test_standard_labels_and_selectors() -> None:
@@ -483,7 +534,9 @@ def test_standard_labels_and_selectors() -> None:
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
         assert labels["helm.sh/chart"] == "kube-xdp-0.1.0"
         assert labels["app.kubernetes.io/version"] == "0.1.0"
-        assert labels["app.kubernetes.io/component"] in ("operator", "agent")
+        assert labels["app.kubernetes.io/component"]
+        if doc["kind"] in WORKLOAD_KINDS:
+            assert labels["app.kubernetes.io/component"] in ("operator", "agent")
     selectors = {}
     for workload in (one(docs, "DaemonSet"), one(docs, "Deployment")):
         selector = workload["spec"]["selector"]["matchLabels"]
@@ -496,9 +549,9 @@ def test_standard_labels_and_selectors() -> None:
 
 def test_versions_agree() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    meta = helm_python.Chart.load(CHART).metadata
+    meta = chart_metadata()
     assert meta["appVersion"] == project["version"]
-    assert meta["kubeVersion"] == ">=1.20.0-0"
+    assert meta["kubeVersion"] == f">={KUBE_VERSION.removeprefix('v')}-0"
 
 
 def test_chart_commands_are_the_project_entry_points() -> None:
@@ -521,5 +574,5 @@ def test_notes_tell_how_to_check_and_what_nodes_need() -> None:
                    CRD_UPGRADE, "--reset-then-reuse-values", "no kube-xdp image is\npublished"):
         assert needle in text, needle
     assert "kubectl apply --server-side -f crds/" not in text     # conflicts with Helm's field manager
-    assert helm_python.Chart.load(CHART).metadata["annotations"]["kubexdp.io/crds-upgrade"] == CRD_UPGRADE
+    assert chart_metadata()["annotations"]["kubexdp.io/crds-upgrade"] == CRD_UPGRADE
     assert "no kube-xdp image" not in notes({"image": {"repository": "registry.example.com/kube-xdp"}})

@@ -19,10 +19,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
 
 dockerfile_parse = pytest.importorskip("dockerfile_parse", reason="dockerfile-parse (PyPI); pip install -e '.[test]'")
-helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk (PyPI); pip install -e '.[test]'")
+
+from .. import helm_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -48,8 +48,8 @@ def of(stage: list[dict], instruction: str) -> list[str]:
 
 
 def rendered_pods() -> dict[str, dict]:
-    out = helm_python.Chart.load(CHART).render({}, name="kube-xdp", namespace="kube-xdp")
-    docs = [d for path, text in out.items() if not path.endswith(".txt") for d in yaml.safe_load_all(text) if d]
+    """The pod specs `helm template` renders with the chart's defaults."""
+    docs = helm_cli.render(release="kube-xdp", namespace="kube-xdp", chart=CHART)
     return {d["kind"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "DaemonSet")}
 
 
