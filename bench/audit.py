@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 READ_VERBS = frozenset({"get", "list", "watch"})
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
-# ServiceAccount identities of the rig (kube_xdp_rig.certs.IDENTITIES)
+# ServiceAccount user names of the rig: the operator's static token (kube_xdp_rig.certs) and
+# every agent's pod-bound token (kube_xdp_rig.workloads; one user name for all nodes)
 OPERATOR_USER = "system:serviceaccount:kube-xdp:kube-xdp-operator"
 AGENT_USER = "system:serviceaccount:kube-xdp:kube-xdp-agent"
 WHO = {OPERATOR_USER: "operator", AGENT_USER: "agent"}

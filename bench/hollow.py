@@ -1,11 +1,14 @@
 """Hollow nodes: the real agent control code (kube_xdp_agent.controller.Agent, its watch,
 reconcile, finalizer and status logic, each with its own API client authenticated as the
-agent ServiceAccount) over kernel.FakeKernel, an in-memory kernel: no compile, no
-netlink, no bpffs. They measure the control plane alone (API server, operator, agent
-control loop); they say nothing about compile or attach time. Each publishes its XdpNode
-(probed on the in-memory kernel), as a real agent does.
+agent ServiceAccount with its own node's pod-bound token, so the agents' node-restriction
+policy applies to each as to a real agent) over kernel.FakeKernel, an in-memory kernel: no
+compile, no netlink, no bpffs. They measure the control plane alone (API server, operator,
+agent control loop); they say nothing about compile or attach time. Each publishes its
+XdpNode (probed on the in-memory kernel), as a real agent does.
 
-    python -m bench.hollow --kubeconfig agent.kubeconfig --state DIR hollow-1 hollow-2 ...
+    python -m bench.hollow --kubeconfig-dir DIR --state STATE hollow-1 hollow-2 ...
+
+DIR holds one kubeconfig per node, <node>.kubeconfig (kube_xdp_rig.workloads.issue_agent_credentials).
 
 One thread pair (watch + worker) per hollow agent, in this one process; prints
 "synced <n>" once every agent has listed its attachments, runs until SIGTERM.
@@ -26,7 +29,7 @@ HOLLOW_LABEL = "kubexdp.io/hollow"
 INTERFACES = ("eth0", "eth1")
 
 
-def make_agent(node: str, configuration, resync: float):
+def make_agent(node: str, kubeconfig: str, resync: float):
     import kubernetes
 
     from kube_xdp_agent.controller import Agent, AgentConfig
@@ -36,7 +39,9 @@ def make_agent(node: str, configuration, resync: float):
     for i, name in enumerate(INTERFACES):
         kernel.add_interface(name, default_route=(i == 0))
     kernel.mount_bpffs("/sys/fs/bpf")        # in memory: FakeKernel touches no file
-    client = kubernetes.client.ApiClient(configuration)     # its own client: own connection pool
+    configuration = kubernetes.client.Configuration()        # its own token (node), its own connection pool
+    kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    client = kubernetes.client.ApiClient(configuration)
     # inventory=True as the real agent's CLI: each hollow node publishes its XdpNode (probed
     # on the in-memory kernel), so the operator sees an agent there as on a real node
     return Agent(AgentConfig(node_name=node, bpffs="/sys/fs/bpf", netns=None, resync=resync, inventory=True),
@@ -45,17 +50,14 @@ def make_agent(node: str, configuration, resync: float):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.hollow", description=__doc__.split("\n\n")[0])
-    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--kubeconfig-dir", required=True, help="one kubeconfig per node: DIR/<node>.kubeconfig")
     p.add_argument("--state", required=True, help="the rig's state dir (marks the process as the rig's)")
     p.add_argument("--resync", type=float, default=3.0,
                    help="drift-check interval, s (the bench passes the chart's agent.resync)")
     p.add_argument("nodes", nargs="+")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s hollow: %(message)s")
-    import kubernetes
-    configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(config_file=args.kubeconfig, client_configuration=configuration)
-    agents = [make_agent(n, configuration, args.resync) for n in args.nodes]
+    agents = [make_agent(n, f"{args.kubeconfig_dir}/{n}.kubeconfig", args.resync) for n in args.nodes]
     print(f"created {len(agents)} hollow agents", flush=True)
     threads = [threading.Thread(target=a.run, name=f"agent-{n}", daemon=True) for a, n in zip(agents, args.nodes)]
     done = threading.Event()

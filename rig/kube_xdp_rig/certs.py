@@ -3,9 +3,12 @@
 Identities (static token file, all checked by RBAC; nothing runs with AlwaysAllow):
 - admin:    user kube-xdp-admin in group system:masters (the printed kubeconfig);
 - nobody:   user rig-nobody with no bindings (tests expect 403 on writes);
-- operator / agent: the ServiceAccount user names system:serviceaccount:kube-xdp:<sa>,
-  with the ServiceAccount groups, so RBAC bindings to the ServiceAccounts apply to them
-  exactly as they would to the pods' tokens in a real cluster.
+- operator: the ServiceAccount user name system:serviceaccount:kube-xdp:kube-xdp-operator,
+  with the ServiceAccount groups, so RBAC bindings to the ServiceAccount apply to it
+  exactly as they would to the pod's token in a real cluster.
+The agents have no static token: each gets a real ServiceAccount token bound to a pod on
+its node (kube_xdp_rig.workloads.issue_agent_credentials), whose node name the agents'
+admission policy needs and a static token cannot carry.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ IDENTITIES = {
     "nobody": ("rig-nobody", []),
     "operator": (f"system:serviceaccount:{SA_NAMESPACE}:kube-xdp-operator",
                  ["system:serviceaccounts", f"system:serviceaccounts:{SA_NAMESPACE}"]),
-    "agent": (f"system:serviceaccount:{SA_NAMESPACE}:kube-xdp-agent",
-              ["system:serviceaccounts", f"system:serviceaccounts:{SA_NAMESPACE}"]),
 }
 
 

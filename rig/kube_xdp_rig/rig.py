@@ -41,7 +41,7 @@ class RigInfo:
     state_dir: str
     server: str
     kubeconfig: str                 # admin
-    kubeconfigs: dict               # identity -> path (admin, nobody, operator, agent)
+    kubeconfigs: dict               # identity -> path (admin, nobody, operator); agents: workloads.agent_kubeconfig
     ca_file: str
     nodes: list[NodeInfo]
     apiserver_port: int
