@@ -6,9 +6,12 @@ expectations. Two sets of subjects get the same table:
 - the chart's: the ServiceAccounts, ClusterRoles and bindings Helm renders for a release
   "kxr" in namespace "kxr-rbac", applied to the rig;
 - the rig's: kube_xdp_api.rbac.manifests(), bound to kube-xdp/kube-xdp-operator and
-  kube-xdp/kube-xdp-agent (the identities of the rig's operator and agent tokens).
-A few real requests made with the rig's agent and operator tokens confirm that what the
-reviews say is what the server does.
+  kube-xdp/kube-xdp-agent (the identities of the rig's operator token and of its agents'
+  pod-bound tokens).
+A few real requests made with the rig's operator token and node-1's agent token (bound to
+its placeholder pod, as the rig's agents get theirs) confirm that what the reviews say is
+what the server does. What the agents' admission policy adds on top of RBAC (each agent
+only its own node's objects) is tests/e2e/test_node_restriction.py.
 
 Note on `patch xdpprograms` (operator): it needs it for its finalizer (no kopf
 annotations any more); RBAC cannot tell a metadata patch from a spec patch, so "the operator never
@@ -27,6 +30,7 @@ from kubernetes.client.rest import ApiException
 
 from kube_xdp_api import names, rbac
 from kube_xdp_rig import apply as applier
+from kube_xdp_rig import workloads
 
 from .conftest import api_client
 
@@ -211,7 +215,9 @@ def test_real_requests_match_the_reviews(rbac_applied, rig, admin) -> None:
     custom = kubernetes.client.CustomObjectsApi(admin)
     name = f"rbac-{uuid.uuid4().hex[:6]}"
     custom.create_cluster_custom_object(G, names.VERSION, names.PROGRAMS, _program(name))
-    agent, operator = api_client(rig, "agent"), api_client(rig, "operator")
+    agent_kubeconfig = workloads.issue_agent_credentials(rig, ["node-1"])["node-1"]
+    agent = kubernetes.config.new_client_from_config(config_file=str(agent_kubeconfig))
+    operator = api_client(rig, "operator")
     try:
         as_agent, as_operator = kubernetes.client.CustomObjectsApi(agent), kubernetes.client.CustomObjectsApi(operator)
         # allowed: the agent reads the program, the operator lists programs and nodes
