@@ -1,7 +1,9 @@
 """The agent's control loop: watch this node's XdpAttachments, reconcile each one.
 
-- One list+watch with a server-side label selector (kubexdp.io/node=<node>): the agent
-  never sees, let alone filters, other nodes' attachments.
+- One list+watch with a server-side field selector (`spec.nodeName=<node>`, a selectable
+  field of the XdpAttachment CRD): the agent never sees, let alone filters, other nodes'
+  attachments, and the field it selects on is the one the attachment is about (a label
+  could say another node).
 - One worker thread runs every reconcile, so changes to the node's kernel are serial.
 - Every `resync` seconds each attachment is reconciled again: drift (a program detached
   or replaced behind our back, a pin removed, an interface that appeared) is repaired.
@@ -80,6 +82,12 @@ class AgentConfig:
     inventory_interfaces: str = DEFAULT_PROBE_PATTERN
 
 
+def attachment_field_selector(node_name: str) -> str:
+    """The field selector of a node's XdpAttachments (served through the CRD's
+    selectableFields; the full node name, no label-value shortening)."""
+    return f"spec.nodeName={node_name}"
+
+
 class Transient(Exception):
     """Retry soon; report Reconciling with this reason meanwhile."""
 
@@ -101,7 +109,7 @@ class Agent:
         self.publisher = NodePublisher(self.custom, config.node_name, self.netlink,
                                        select=interface_selector(config.inventory_interfaces)) \
             if config.inventory else None
-        self.selector = f"{names.LABEL_NODE}={names.node_label_value(config.node_name)}"
+        self.selector = attachment_field_selector(config.node_name)
         self.cache: dict[str, dict] = {}
         self.sources: dict[str, str] = {}          # source digest -> text
         self.queue: queue.Queue[str] = queue.Queue()
@@ -226,7 +234,7 @@ class Agent:
         while not self.stop.is_set():
             try:
                 listing = self.custom.list_cluster_custom_object(
-                    names.GROUP, names.VERSION, names.ATTACHMENTS, label_selector=self.selector)
+                    names.GROUP, names.VERSION, names.ATTACHMENTS, field_selector=self.selector)
                 with self._lock:
                     seen = {o["metadata"]["name"]: o for o in listing.get("items", [])}
                     self.cache = seen
@@ -240,7 +248,7 @@ class Agent:
                 backoff = 1.0
                 w = kubernetes.watch.Watch()
                 for event in w.stream(self.custom.list_cluster_custom_object, names.GROUP, names.VERSION,
-                                      names.ATTACHMENTS, label_selector=self.selector, resource_version=rv,
+                                      names.ATTACHMENTS, field_selector=self.selector, resource_version=rv,
                                       timeout_seconds=WATCH_TIMEOUT, allow_watch_bookmarks=True):
                     self.last_watch_ok = time.monotonic()
                     if self.stop.is_set():

@@ -24,8 +24,10 @@ PROGRAM_SHORT_NAME = "xdpp"
 ATTACHMENT_SHORT_NAME = "xdpa"
 NODE_SHORT_NAME = "xdpn"
 
-# Labels put on every XdpAttachment by the operator. The agent lists/watches its own
-# attachments with a server-side label selector on LABEL_NODE.
+# Labels put on every XdpAttachment by the operator. The operator indexes attachments by
+# LABEL_PROGRAM; LABEL_NODE is for people (`kubectl get xdpa -l kubexdp.io/node=NODE`):
+# the agent lists/watches its own attachments with the field selector spec.nodeName=NODE
+# (a selectable field of the CRD), not by label.
 LABEL_PROGRAM = f"{GROUP}/program"
 LABEL_NODE = f"{GROUP}/node"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

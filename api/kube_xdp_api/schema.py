@@ -6,12 +6,23 @@ fails if they drift:
     python -m kube_xdp_api.schema --write crds/     # regenerate (make crds)
     python -m kube_xdp_api.schema --check crds/     # exit 1 with a diff if stale
 
-Target: apiextensions.k8s.io/v1 as served by Kubernetes 1.20, so the schemas are
-structural and use only OpenAPI value validation (pattern, enum, min/max, maxItems,
-maxProperties, required, and oneOf/not as pure value checks); no CEL. What a schema
-cannot say (map keys, Python regex syntax, UTF-8 byte counts, selector operator/values
-pairing) is checked by kube_xdp_api.spec, which both the operator and the agent run; see
+Target: apiextensions.k8s.io/v1 on Kubernetes 1.32 or later (tested on 1.37): structural
+schemas with OpenAPI value validation (pattern, enum, min/max, maxItems, maxProperties,
+required) plus CEL rules (`x-kubernetes-validations`, GA since 1.29 with `reason`,
+`fieldPath` and `messageExpression`) for what OpenAPI cannot say: exactly one source and
+one interfaces choice, map keys, UTF-8 byte counts, selector operator/values pairing,
+define values that could become preprocessor operators. The rules are data (`CelRule`,
+listed in `CEL_RULES`): tests check each one's shape here and its refusal on the real API
+server. What CEL cannot say (Python regex syntax, the C source scan) is checked only by
+kube_xdp_api.spec, which both the operator and the agent run on everything anyway; see
 docs/api.md, "Where each rule is enforced".
+
+CEL cost: the API server refuses a CRD whose rules' estimated cost exceeds its budget,
+and estimates from the bounds it sees, so every string, list and map a rule reads has a
+maxLength / maxItems / maxProperties here. Map keys have no length a schema can state:
+the rules on keys have static messages (a messageExpression listing the bad keys was
+refused as over budget by more than 100x on 1.37), and a messageExpression never
+concatenates `string(int)` (unbounded in the estimate; format() is not).
 
 Defaults live only in the XdpProgram schema. The XdpAttachment spec has none: the
 operator always writes every field, and a server-side default would make the desired
@@ -23,6 +34,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +60,169 @@ PROGRAM_NAME_SCHEMA: Schema = {
 }
 
 STATUS_INTERFACES_MAX = 1024
+
+# The XdpAttachment fields a client may select on (`fieldSelector`): each agent lists and
+# watches `spec.nodeName=<its node>`.
+ATTACHMENT_SELECTABLE_FIELDS = (".spec.nodeName",)
+
+
+# --- CEL rules (x-kubernetes-validations) -------------------------------------------------
+# The reasons a rule may give (apiextensions ValidationRule.reason); the API server puts
+# the reason and the field into the 422 response's `details.causes`.
+FIELD_VALUE_INVALID = "FieldValueInvalid"
+FIELD_VALUE_FORBIDDEN = "FieldValueForbidden"
+FIELD_VALUE_REQUIRED = "FieldValueRequired"
+FIELD_VALUE_DUPLICATE = "FieldValueDuplicate"
+
+
+@dataclass(frozen=True)
+class CelRule:
+    """One CEL validation rule: `name` is ours (tests and docs), the rest goes into the CRD.
+
+    `message` is what the API server says when the rule fails (and what it falls back to
+    when `message_expression` is set but cannot be evaluated); `field_path` is relative to
+    the schema node the rule sits on (unset: the error names that node itself)."""
+
+    name: str
+    rule: str
+    message: str
+    reason: str = FIELD_VALUE_INVALID
+    field_path: str | None = None
+    message_expression: str | None = None
+
+    def to_schema(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message}
+        if self.message_expression is not None:
+            out["messageExpression"] = self.message_expression
+        out["reason"] = self.reason
+        if self.field_path is not None:
+            out["fieldPath"] = self.field_path
+        return out
+
+
+def _cel_string(text: str) -> str:
+    """A CEL raw string literal holding `text` (no escapes: regex backslashes stay as they are)."""
+    assert "'" not in text and "\n" not in text, text
+    return f"r'{text}'"
+
+
+def _cel_list(items) -> str:
+    return "[" + ", ".join(_cel_string(i) for i in sorted(items)) + "]"
+
+
+_C_IDENTIFIER_TEXT = "C identifiers ([A-Za-z_][A-Za-z0-9_]*) of at most 64 characters"
+_OPERATORS_TEXT = ", ".join(spec.GUARDED_OPERATORS)
+
+SOURCE_EXCLUSIVE = CelRule(
+    "source-exclusive",
+    "!(has(self.inline) && has(self.configMapRef))",
+    "must not be set together with inline: set exactly one of inline or configMapRef",
+    FIELD_VALUE_FORBIDDEN,
+    field_path=".configMapRef",
+)
+SOURCE_REQUIRED = CelRule(
+    "source-required",
+    "has(self.inline) || has(self.configMapRef)",
+    "set exactly one of inline or configMapRef",
+    FIELD_VALUE_REQUIRED,
+)
+INLINE_BYTES = CelRule(
+    "inline-bytes",
+    f"size(bytes(self)) <= {spec.INLINE_SOURCE_MAX_BYTES}",
+    f"must be at most {spec.INLINE_SOURCE_MAX_BYTES} bytes of UTF-8",
+    # format(), not '+': the estimated size of string(int) is unbounded, and so would be
+    # the cost of concatenating it (the API server refuses that messageExpression)
+    message_expression=f"'is %d bytes of UTF-8, at most {spec.INLINE_SOURCE_MAX_BYTES}'.format([size(bytes(self))])",
+)
+INLINE_NO_NUL = CelRule(
+    "inline-no-nul",
+    "!self.contains('\\x00')",
+    "must not contain a NUL character",
+)
+DEFINE_NAMES = CelRule(
+    "define-names",
+    f"self.all(k, size(k) <= {spec.C_IDENTIFIER_MAX} && k.matches({_cel_string(spec.C_IDENTIFIER)}))",
+    f"names must be {_C_IDENTIFIER_TEXT}",
+)
+DEFINE_NAMES_NOT_OPERATORS = CelRule(
+    "define-names-not-operators",
+    f"self.all(k, !(k in {_cel_list(spec.GUARDED_OPERATORS)}))",
+    f"a name must not be a preprocessor operator ({_OPERATORS_TEXT})",
+    FIELD_VALUE_FORBIDDEN,
+)
+DEFINE_VALUE_NO_DOTDOT = CelRule(
+    "define-value-no-dotdot",
+    "!self.contains('..')",
+    "must not contain '..'",
+)
+DEFINE_VALUE_NO_OPERATOR = CelRule(
+    "define-value-no-operator",
+    f"self.findAll({_cel_string(spec.IDENTIFIER_TOKEN)}).all(t, !(t in"
+    f" {_cel_list(set(spec.GUARDED_OPERATORS) | spec.GUARDED_PREFIXES)}))",
+    f"must not hold a preprocessor operator ({_OPERATORS_TEXT}) or an identifier that token pasting (##)"
+    " could complete into one (_, _P, ..., __, __has_, ...): its use cannot be checked",
+    FIELD_VALUE_FORBIDDEN,
+)
+INTERFACES_EXCLUSIVE = CelRule(
+    "interfaces-exclusive",
+    "(has(self.names) ? 1 : 0) + (has(self.pattern) ? 1 : 0) + (has(self.primary) ? 1 : 0) <= 1",
+    "set only one of names, pattern or primary: true",
+    FIELD_VALUE_FORBIDDEN,
+)
+INTERFACES_REQUIRED = CelRule(
+    "interfaces-required",
+    "has(self.names) || has(self.pattern) || has(self.primary)",
+    "set one of names, pattern or primary: true",
+    FIELD_VALUE_REQUIRED,
+)
+INTERFACE_NAME_NOT_DOTS = CelRule(
+    "interface-name-not-dots",
+    "self != '.' && self != '..'",
+    "'.' and '..' are not interface names",
+)
+_LABEL_KEY_OK = (
+    f"size(k) <= {spec.LABEL_KEY_MAX} && k.matches({_cel_string(spec.LABEL_KEY)})"
+    f" && k.lastIndexOf('/') <= {spec.DNS_SUBDOMAIN_MAX}"
+)
+_LABEL_KEY_TEXT = (
+    "label keys: an optional prefix (a DNS subdomain of at most 253 characters) and '/', then a name"
+    " of 1-63 of [A-Za-z0-9-_.], alphanumeric at both ends"
+)
+MATCH_LABELS_KEYS = CelRule(
+    "match-labels-keys",
+    f"self.all(k, {_LABEL_KEY_OK})",
+    f"keys must be {_LABEL_KEY_TEXT}",
+)
+EXPRESSION_KEY_PREFIX = CelRule(
+    "expression-key-prefix",
+    f"self.lastIndexOf('/') <= {spec.DNS_SUBDOMAIN_MAX}",
+    f"the prefix before '/' must be at most {spec.DNS_SUBDOMAIN_MAX} characters",
+)
+EXPRESSION_VALUES_REQUIRED = CelRule(
+    "expression-values-required",
+    "!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0)",
+    "required (at least one value) for operators In and NotIn",
+    FIELD_VALUE_REQUIRED,
+    field_path=".values",
+)
+EXPRESSION_VALUES_FORBIDDEN = CelRule(
+    "expression-values-forbidden",
+    "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || size(self.values) == 0",
+    "must be empty for operators Exists and DoesNotExist",
+    FIELD_VALUE_FORBIDDEN,
+    field_path=".values",
+)
+
+CEL_RULES: dict[str, CelRule] = {r.name: r for r in (
+    SOURCE_EXCLUSIVE, SOURCE_REQUIRED, INLINE_BYTES, INLINE_NO_NUL, DEFINE_NAMES, DEFINE_NAMES_NOT_OPERATORS,
+    DEFINE_VALUE_NO_DOTDOT, DEFINE_VALUE_NO_OPERATOR, INTERFACES_EXCLUSIVE, INTERFACES_REQUIRED,
+    INTERFACE_NAME_NOT_DOTS, MATCH_LABELS_KEYS, EXPRESSION_KEY_PREFIX, EXPRESSION_VALUES_REQUIRED,
+    EXPRESSION_VALUES_FORBIDDEN,
+)}
+
+
+def _validations(*rules: CelRule) -> dict[str, list[dict[str, str]]]:
+    return {"x-kubernetes-validations": [r.to_schema() for r in rules]}
 
 
 # --- Small builders -----------------------------------------------------------------------
@@ -143,7 +318,7 @@ def _interfaces_schema(*, with_default: bool) -> Schema:
                     "An interface name.",
                     pattern=spec.INTERFACE_NAME,
                     max_len=15,
-                    **{"not": {"enum": list(spec.INTERFACE_NAMES_FORBIDDEN)}},
+                    **_validations(INTERFACE_NAME_NOT_DOTS),
                 ),
             },
             "pattern": _str(
@@ -157,7 +332,7 @@ def _interfaces_schema(*, with_default: bool) -> Schema:
                 "enum": [True],
             },
         },
-        oneOf=[{"required": ["names"]}, {"required": ["pattern"]}, {"required": ["primary"]}],
+        **_validations(INTERFACES_EXCLUSIVE, INTERFACES_REQUIRED),
     )
     if with_default:
         out["default"] = {"primary": True}
@@ -181,17 +356,18 @@ def _compile_fields_properties(*, with_defaults: bool) -> dict[str, Schema]:
             "type": "object",
             "description": (
                 "Macros passed to the compiler, one -DNAME=VALUE argument each: at most 32; names are C"
-                " identifiers of at most 64 characters (checked by the operator and agent, a schema cannot"
-                " constrain map keys); values at most 128 of [A-Za-z0-9_.+-], no leading '-' except"
-                " before a digit or '.', no '..'."
+                " identifiers of at most 64 characters, not a preprocessor operator; values at most 128 of"
+                " [A-Za-z0-9_.+-], no leading '-' except before a digit or '.', no '..', nothing that is or"
+                " could be pasted into _Pragma, __pragma or a __has_* operator."
             ),
             "maxProperties": spec.DEFINES_MAX,
             "additionalProperties": _str(
                 "A macro value.",
                 pattern=spec.DEFINE_VALUE,
                 max_len=spec.DEFINE_VALUE_MAX,
-                **{"not": {"pattern": spec.DEFINE_VALUE_FORBIDDEN}},
+                **_validations(DEFINE_VALUE_NO_DOTDOT, DEFINE_VALUE_NO_OPERATOR),
             ),
+            **_validations(DEFINE_NAMES, DEFINE_NAMES_NOT_OPERATORS),
             **default({}),
         },
         "interfaces": _interfaces_schema(with_default=with_defaults),
@@ -229,6 +405,7 @@ def _label_selector_schema() -> Schema:
                 "description": "Labels a node must carry, exactly.",
                 "maxProperties": spec.MATCH_LABELS_MAX,
                 "additionalProperties": _str("A label value.", pattern=spec.LABEL_VALUE, max_len=spec.LABEL_VALUE_MAX),
+                **_validations(MATCH_LABELS_KEYS),
             },
             "matchExpressions": {
                 "type": "array",
@@ -237,7 +414,8 @@ def _label_selector_schema() -> Schema:
                 "items": _obj(
                     "A label requirement. In/NotIn need values; Exists/DoesNotExist take none.",
                     {
-                        "key": _str("A label key.", pattern=spec.LABEL_KEY, max_len=spec.LABEL_KEY_MAX),
+                        "key": _str("A label key.", pattern=spec.LABEL_KEY, max_len=spec.LABEL_KEY_MAX,
+                                    **_validations(EXPRESSION_KEY_PREFIX)),
                         "operator": _str("In, NotIn, Exists or DoesNotExist.", enum=list(spec.SELECTOR_OPERATORS)),
                         "values": {
                             "type": "array",
@@ -247,6 +425,7 @@ def _label_selector_schema() -> Schema:
                         },
                     },
                     required=["key", "operator"],
+                    **_validations(EXPRESSION_VALUES_REQUIRED, EXPRESSION_VALUES_FORBIDDEN),
                 ),
             },
         },
@@ -263,9 +442,10 @@ def program_spec_schema() -> Schema:
                 "Where the C source is: exactly one of inline or configMapRef.",
                 {
                     "inline": _str(
-                        "The C source (at most 65536 bytes of UTF-8).",
+                        "The C source (at most 65536 bytes of UTF-8, no NUL).",
                         min_len=1,
                         max_len=spec.INLINE_SOURCE_MAX_BYTES,
+                        **_validations(INLINE_BYTES, INLINE_NO_NUL),
                     ),
                     "configMapRef": _obj(
                         "A key of a ConfigMap holding the C source.",
@@ -285,7 +465,7 @@ def program_spec_schema() -> Schema:
                         required=["namespace", "name", "key"],
                     ),
                 },
-                oneOf=[{"required": ["inline"]}, {"required": ["configMapRef"]}],
+                **_validations(SOURCE_EXCLUSIVE, SOURCE_REQUIRED),
             ),
             **_compile_fields_properties(with_defaults=True),
             "nodeSelector": _label_selector_schema(),
@@ -450,7 +630,8 @@ def attachment_crd() -> dict[str, Any]:
         _AGE_COLUMN,
         {"name": "Modes", "type": "string", "jsonPath": ".status.interfaces[*].mode", "priority": 1},
     ]
-    return _crd(names.ATTACHMENTS, names.ATTACHMENT_KIND, names.ATTACHMENT_SHORT_NAME, root, columns)
+    return _crd(names.ATTACHMENTS, names.ATTACHMENT_KIND, names.ATTACHMENT_SHORT_NAME, root, columns,
+                selectable_fields=ATTACHMENT_SELECTABLE_FIELDS)
 
 
 # --- XdpNode -----------------------------------------------------------------------------------
@@ -576,7 +757,18 @@ def _root_schema(description: str, spec_schema: Schema, status_schema: Schema, *
     )
 
 
-def _crd(plural: str, kind: str, short_name: str, root: Schema, columns: list[dict[str, Any]]) -> dict[str, Any]:
+def _crd(plural: str, kind: str, short_name: str, root: Schema, columns: list[dict[str, Any]], *,
+         selectable_fields: tuple[str, ...] = ()) -> dict[str, Any]:
+    version: dict[str, Any] = {
+        "name": names.VERSION,
+        "served": True,
+        "storage": True,
+        "subresources": {"status": {}},
+        "additionalPrinterColumns": columns,
+    }
+    if selectable_fields:
+        version["selectableFields"] = [{"jsonPath": path} for path in selectable_fields]
+    version["schema"] = {"openAPIV3Schema": root}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -595,16 +787,7 @@ def _crd(plural: str, kind: str, short_name: str, root: Schema, columns: list[di
                 "shortNames": [short_name],
                 "categories": [names.CATEGORY],
             },
-            "versions": [
-                {
-                    "name": names.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": columns,
-                    "schema": {"openAPIV3Schema": root},
-                }
-            ],
+            "versions": [version],
         },
     }
 

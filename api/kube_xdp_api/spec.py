@@ -1,27 +1,25 @@
 """Typed, validated specs: XdpProgram and XdpAttachment spec dicts -> frozen dataclasses.
 
-Defense in depth: the CRD schema (schema.py) rejects most bad specs at the API server,
-but the agent runs as root and compiles what it is given, so it must not trust that the
-schema was installed, current or complete. Every rule of the schema is checked again
-here, plus the rules a v1.20 structural schema cannot express:
+Defense in depth: the CRD schema (schema.py: OpenAPI and CEL rules) rejects bad specs at
+the API server, but the agent runs as root and compiles what it is given, so it must not
+trust that the schema was installed, current or complete. Every rule of the schema is
+checked again here, plus the rules CEL cannot express:
 
-- keys of `defines` and `nodeSelector.matchLabels` (no `propertyNames` /
-  `patternProperties` in CRD schemas);
-- `pattern` compiles as a Python regex (the agent matches with Python's `re.fullmatch`);
-- `inline` is at most 65536 UTF-8 *bytes* (the schema's maxLength counts characters);
-- selector operators and their values (`In`/`NotIn` need values, `Exists`/`DoesNotExist`
-  forbid them): Kubernetes' own rule, needs conditionals the schema cannot hold.
+- `pattern` compiles as a Python regex (the agent matches with Python's `re.fullmatch`;
+  the API server has only RE2);
 - what a source may make the preprocessor read (`source_file_access`: only
-  `#include <relative/path.h>`, see docs/api.md "What a source may include").
+  `#include <relative/path.h>`, see docs/api.md "What a source may include"): a scan of
+  the C text as the preprocessor reads it, and of a ConfigMap's text the API server never
+  sees in the XdpProgram.
 
 A broken rule raises `SpecError(reason, message)` with a stable reason from reasons.py:
 `InvalidDefine` for defines, `InvalidSpec` for everything else. Unknown fields are
 ignored (the API server prunes them; a newer operator may add fields an older agent does
 not know).
 
-The regex constants below are shared with schema.py. They use only the syntax where
-Go's RE2 (the API server) and Python's `re` agree, and Python applies them with
-`fullmatch` (so `$` never accepts a trailing newline).
+The regex constants below are shared with schema.py (OpenAPI patterns and CEL rules).
+They use only the syntax where Go's RE2 (the API server) and Python's `re` agree, and
+Python applies them with `fullmatch` (so `$` never accepts a trailing newline).
 """
 
 from __future__ import annotations
@@ -45,7 +43,7 @@ C_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 C_IDENTIFIER_MAX = 64
 # A define value: C-token characters only; a leading '-' only before a digit or '.'
 # (negative numbers), so a value never looks like a compiler flag. '..' is refused too
-# (schema: a `not` pattern; here: DEFINE_VALUE_FORBIDDEN).
+# (schema: a CEL rule; here: DEFINE_VALUE_FORBIDDEN).
 DEFINE_VALUE = r"^(([A-Za-z0-9_.+]|-[0-9.])[A-Za-z0-9_.+-]*)?$"
 DEFINE_VALUE_FORBIDDEN = r"\.\."
 DEFINE_VALUE_MAX = 128
@@ -200,10 +198,12 @@ HEADER_NAME = r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*(/[A-Za-z0-9_+-][A-Za-z0-9_.+-]*)*
 HEADER_NAME_MAX = 255
 _INCLUDE_DIRECTIVES = ("include", "include_next", "import", "embed", "__include_macros")
 _HAS_INCLUDE = ("__has_include", "__has_include_next", "__has_embed")
+# An identifier in a define value (define_file_access; the CRD's CEL rule uses the same).
+IDENTIFIER_TOKEN = r"[A-Za-z_][A-Za-z0-9_]*"
 # Identifiers the preprocessor treats as operators that read files or run pragmas.
 GUARDED_OPERATORS = ("_Pragma", "__pragma") + _HAS_INCLUDE
 # Their proper prefixes: what token pasting could complete into one of them.
-_GUARDED_PREFIXES = frozenset(op[:i] for op in GUARDED_OPERATORS for i in range(1, len(op))) - set(GUARDED_OPERATORS)
+GUARDED_PREFIXES = frozenset(op[:i] for op in GUARDED_OPERATORS for i in range(1, len(op))) - set(GUARDED_OPERATORS)
 # Pragmas refused, after `GCC` or `clang` (compared case-insensitively: conservative).
 _PRAGMAS_REFUSED = {
     "dependency": "it makes the compiler look a file up by any path",
@@ -252,10 +252,10 @@ def define_file_access(name: str, value: str) -> str | None:
     `value` must already match C_IDENTIFIER and DEFINE_VALUE."""
     if name in GUARDED_OPERATORS:
         return f"the name {name} is a preprocessor operator"
-    for ident in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", value):
+    for ident in re.findall(IDENTIFIER_TOKEN, value):
         if ident in GUARDED_OPERATORS:
             return f"the value {value!r} names the preprocessor operator {ident}, whose use cannot be checked"
-        if ident in _GUARDED_PREFIXES:
+        if ident in GUARDED_PREFIXES:
             return (f"the value {value!r} holds {ident}, which token pasting (##) could complete into"
                     f" {_completions(ident)}, whose use cannot be checked")
     return None
@@ -424,7 +424,7 @@ def _scan_source(text: str, at_line_start: bool = True) -> str | None:
                 return f"line {line}: __has_include(<...>) is not closed"
             pos = p + 1
             continue
-        if ident in _GUARDED_PREFIXES:
+        if ident in GUARDED_PREFIXES:
             return (f"line {line}: the identifier {ident} is not allowed (rename it): token pasting (##) could"
                     f" complete it into {_completions(ident)}, whose use cannot be checked")
         pos = m.end()

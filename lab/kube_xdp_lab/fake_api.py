@@ -10,7 +10,8 @@ server's semantics for them:
 
 - cluster-scoped custom resources, `/apis/<group>/<version>/<plural>[/<name>[/status]]`,
   and namespaced core ones, `/api/v1/namespaces/<ns>/<plural>[/<name>]`;
-- GET, list (`labelSelector` of `k=v`, `k==v`, `k!=v` terms; `resourceVersion` of the
+- GET, list (`labelSelector` of `k=v`, `k==v`, `k!=v` terms, `fieldSelector` of the same
+  terms on a dotted path such as `spec.nodeName`, the agent's; `resourceVersion` of the
   list in its metadata), watch (`watch=true`: one JSON event per line from
   `resourceVersion` on, ADDED for every object first when there is none or "0"; ends
   after `timeoutSeconds` or at `end_watches()`), POST (`generateName`), DELETE;
@@ -84,17 +85,30 @@ class _HttpError(Exception):
         self.code, self.reason, self.message = code, reason, message
 
 
-def _selector(text: str | None) -> Callable[[dict], bool]:
+def _terms(text: str | None, kind: str) -> list[tuple[str, bool, str]]:
     terms = []
     for term in filter(None, (t.strip() for t in (text or "").split(","))):
         m = re.fullmatch(r"([^=!]+?)\s*(==|=|!=)\s*([^=!]*)", term)
         if not m:
-            raise _HttpError(400, "BadRequest", f"label selector term {term!r} is not supported by the fake API")
+            raise _HttpError(400, "BadRequest", f"{kind} selector term {term!r} is not supported by the fake API")
         terms.append((m.group(1), m.group(2) != "!=", m.group(3)))
+    return terms
+
+
+def _field(obj: dict, path: str) -> str | None:
+    """The value at a dotted path (`spec.nodeName`), as a field selector compares it."""
+    for part in path.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    return obj if isinstance(obj, str) else None
+
+
+def _selector(labels_text: str | None, fields_text: str | None = None) -> Callable[[dict], bool]:
+    label_terms, field_terms = _terms(labels_text, "label"), _terms(fields_text, "field")
 
     def match(obj: dict) -> bool:
         labels = (obj.get("metadata") or {}).get("labels") or {}
-        return all((labels.get(k) == v) == equal for k, equal, v in terms)
+        return (all((labels.get(k) == v) == equal for k, equal, v in label_terms)
+                and all((_field(obj, k) == v) == equal for k, equal, v in field_terms))
     return match
 
 
@@ -238,7 +252,7 @@ class FakeApiServer:
         data = json.loads(body) if body else None
         with self._cond:
             if method == "GET" and name is None:
-                match = _selector(query.get("labelSelector"))
+                match = _selector(query.get("labelSelector"), query.get("fieldSelector"))
                 if query.get("watch") in ("true", "True", "1"):
                     rv = query.get("resourceVersion")
                     initial = [] if rv not in (None, "", "0") else [

@@ -707,3 +707,35 @@ def test_the_worker_reads_the_kernel_afresh_after_idling(monkeypatch):
         agent.queue.put(None)
         worker.join(10)
     assert not worker.is_alive()
+
+
+# --- 7. the agent lists and watches its own attachments, selected on spec.nodeName --------
+def test_list_and_watch_select_this_nodes_attachments_by_field(monkeypatch):
+    """Both requests carry the field selector spec.nodeName=<node> (a selectable field of
+    the CRD) and no label selector: a label saying another node cannot route an
+    attachment to this agent. What the API server does with it: tests/e2e/test_agent_watch.py."""
+    node = Node()
+    agent = node.agent
+    requests: list[tuple[str, dict]] = []
+
+    def list_attachments(group, version, plural, **kwargs):
+        requests.append(("list", {"plural": plural, **kwargs}))
+        return {"items": [], "metadata": {"resourceVersion": "7"}}
+
+    class OneWatch:
+        def stream(self, func, group, version, plural, **kwargs):
+            requests.append(("watch", {"plural": plural, **kwargs}))
+            agent.stop.set()                 # one round of the loop
+            return iter(())
+
+        def stop(self):
+            pass
+
+    node.api.list_cluster_custom_object = list_attachments
+    monkeypatch.setattr(kubernetes.watch, "Watch", OneWatch)
+    agent._watch_loop()
+    assert [(kind, kw["plural"], kw.get("field_selector"), kw.get("label_selector")) for kind, kw in requests] == [
+        ("list", names.ATTACHMENTS, f"spec.nodeName={NODE}", None),
+        ("watch", names.ATTACHMENTS, f"spec.nodeName={NODE}", None),
+    ]
+    assert requests[1][1]["resource_version"] == "7"

@@ -1,11 +1,14 @@
 """Spec parsing and validation (kube_xdp_api.spec), cross-checked against the CRD schema.
 
-Each bad case says whether the API server's schema rejects it too (`schema=True`) or
-only the shared validator can (`schema=False`: map keys, Python regex syntax, UTF-8
-bytes, selector operator/values pairing, NUL). The schema side runs through a small
-OpenAPI value checker below that mimics the API server's rules (defaults, then
-type/enum/pattern/lengths/items/properties/required/oneOf/not); the real v1.20 server
-was checked by hand with the same cases (see docs/api.md).
+Each bad case says where the API server refuses it too: `api=OPENAPI` (the OpenAPI part
+of the schema: patterns, enums, lengths, counts, required), `api=<a CelRule>` (that CEL
+rule, `x-kubernetes-validations`), or `api=None` (the API server accepts it: only the
+shared validator can refuse it, e.g. Python regex syntax). The OpenAPI side runs here
+through a small value checker below that mimics the API server's rules (defaults, then
+type/enum/pattern/lengths/items/properties/required); it does not evaluate CEL, so a CEL
+case must pass it. tests/e2e/test_cel_admission.py sends every case to the real API
+server and checks the `api=` of each: refused with 422 by OpenAPI, refused by the named
+CEL rule with its message, or accepted.
 """
 
 from __future__ import annotations
@@ -155,126 +158,149 @@ def test_compile_fields_are_canonical():
     assert "nodeSelector" not in a.compile_fields()
 
 
-# --- Bad specs: (spec, reason, rejected by the schema too) ----------------------------------
-def bad(id_: str, raw: dict[str, Any], reason: str, *, schema: bool):  # noqa: A002
-    return pytest.param(raw, reason, schema, id=id_)
+# --- Bad specs: (spec, reason, where the API server refuses it too) -------------------------
+OPENAPI = "openapi"      # refused by the OpenAPI part of the schema
+
+
+def bad(id_: str, raw: dict[str, Any], reason: str, *, api: str | schema.CelRule | None):
+    return pytest.param(raw, reason, api, id=id_)
+
 
 
 D, S = reasons.INVALID_DEFINE, reasons.INVALID_SPEC
+LONG_PREFIX = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 62])     # a DNS subdomain of 254 characters
 BAD = [
-    # defines: names (a schema cannot constrain map keys)
-    bad("define-name-space", with_(defines={"MY DEF": "1"}), D, schema=False),
-    bad("define-name-quote", with_(defines={'X"': "1"}), D, schema=False),
-    bad("define-name-dash-include", with_(defines={"-include": "/etc/passwd"}), D, schema=True),
-    bad("define-name-flag-only", with_(defines={"-include": "x"}), D, schema=False),
-    bad("define-name-slash", with_(defines={"A/B": "1"}), D, schema=False),
-    bad("define-name-dotdot", with_(defines={"..": "1"}), D, schema=False),
-    bad("define-name-leading-digit", with_(defines={"1X": "1"}), D, schema=False),
-    bad("define-name-equals", with_(defines={"A=B": "1"}), D, schema=False),
-    bad("define-name-non-ascii", with_(defines={"PÖRT": "1"}), D, schema=False),
-    bad("define-name-empty", with_(defines={"": "1"}), D, schema=False),
-    bad("define-name-too-long", with_(defines={"A" * 65: "1"}), D, schema=False),
+    # defines: names (map keys: OpenAPI cannot constrain them, a CEL rule does)
+    bad("define-name-space", with_(defines={"MY DEF": "1"}), D, api=schema.DEFINE_NAMES),
+    bad("define-name-quote", with_(defines={'X"': "1"}), D, api=schema.DEFINE_NAMES),
+    bad("define-name-dash-include", with_(defines={"-include": "/etc/passwd"}), D, api=OPENAPI),
+    bad("define-name-flag-only", with_(defines={"-include": "x"}), D, api=schema.DEFINE_NAMES),
+    bad("define-name-slash", with_(defines={"A/B": "1"}), D, api=schema.DEFINE_NAMES),
+    bad("define-name-dotdot", with_(defines={"..": "1"}), D, api=schema.DEFINE_NAMES),
+    bad("define-name-leading-digit", with_(defines={"1X": "1"}), D, api=schema.DEFINE_NAMES),
+    bad("define-name-equals", with_(defines={"A=B": "1"}), D, api=schema.DEFINE_NAMES),
+    bad("define-name-non-ascii", with_(defines={"PÖRT": "1"}), D, api=schema.DEFINE_NAMES),
+    bad("define-name-empty", with_(defines={"": "1"}), D, api=schema.DEFINE_NAMES),
+    bad("define-name-too-long", with_(defines={"A" * 65: "1"}), D, api=schema.DEFINE_NAMES),
     # defines: values
-    bad("define-value-space", with_(defines={"X": "1 -include"}), D, schema=True),
-    bad("define-value-quote", with_(defines={"X": '"a"'}), D, schema=True),
-    bad("define-value-single-quote", with_(defines={"X": "'a'"}), D, schema=True),
-    bad("define-value-include", with_(defines={"X": "-include"}), D, schema=True),
-    bad("define-value-flag", with_(defines={"X": "-I/usr"}), D, schema=True),
-    bad("define-value-double-dash", with_(defines={"X": "--1"}), D, schema=True),
-    bad("define-value-slash", with_(defines={"X": "a/b"}), D, schema=True),
-    bad("define-value-dotdot", with_(defines={"X": "a..b"}), D, schema=True),
-    bad("define-value-equals", with_(defines={"X": "a=b"}), D, schema=True),
-    bad("define-value-newline", with_(defines={"X": "1\n"}), D, schema=True),
-    bad("define-value-non-ascii", with_(defines={"X": "é"}), D, schema=True),
-    bad("define-value-too-long", with_(defines={"X": "1" * 129}), D, schema=True),
-    bad("define-value-not-string", with_(defines={"X": 1}), D, schema=True),
+    bad("define-value-space", with_(defines={"X": "1 -include"}), D, api=OPENAPI),
+    bad("define-value-quote", with_(defines={"X": '"a"'}), D, api=OPENAPI),
+    bad("define-value-single-quote", with_(defines={"X": "'a'"}), D, api=OPENAPI),
+    bad("define-value-include", with_(defines={"X": "-include"}), D, api=OPENAPI),
+    bad("define-value-flag", with_(defines={"X": "-I/usr"}), D, api=OPENAPI),
+    bad("define-value-double-dash", with_(defines={"X": "--1"}), D, api=OPENAPI),
+    bad("define-value-slash", with_(defines={"X": "a/b"}), D, api=OPENAPI),
+    bad("define-value-dotdot", with_(defines={"X": "a..b"}), D, api=schema.DEFINE_VALUE_NO_DOTDOT),
+    bad("define-value-equals", with_(defines={"X": "a=b"}), D, api=OPENAPI),
+    bad("define-value-newline", with_(defines={"X": "1\n"}), D, api=OPENAPI),
+    bad("define-value-non-ascii", with_(defines={"X": "é"}), D, api=OPENAPI),
+    bad("define-value-too-long", with_(defines={"X": "1" * 129}), D, api=OPENAPI),
+    bad("define-value-not-string", with_(defines={"X": 1}), D, api=OPENAPI),
     # defines: values and names that are (or could paste into) a preprocessor operator that
-    # reads files or runs pragmas; the schema's character rule cannot see them
-    bad("define-value-pragma-operator", with_(defines={"P": "_Pragma"}), D, schema=False),
-    bad("define-value-ms-pragma-operator", with_(defines={"P": "__pragma"}), D, schema=False),
-    bad("define-value-has-include", with_(defines={"H": "__has_include"}), D, schema=False),
-    bad("define-value-has-include-next", with_(defines={"H": "__has_include_next"}), D, schema=False),
-    bad("define-value-has-embed", with_(defines={"H": "__has_embed"}), D, schema=False),
-    bad("define-value-operator-in-an-expression", with_(defines={"X": "1+_Pragma"}), D, schema=False),
-    bad("define-value-prefix-to-paste", with_(defines={"A": "_Pra"}), D, schema=False),
-    bad("define-value-underscore-to-paste", with_(defines={"A": "_"}), D, schema=False),
-    bad("define-value-has-prefix-to-paste", with_(defines={"A": "__has_"}), D, schema=False),
-    bad("define-name-pragma-operator", with_(defines={"_Pragma": "1"}), D, schema=False),
-    bad("define-name-has-include", with_(defines={"__has_include": "1"}), D, schema=False),
-    bad("defines-33", with_(defines={f"D{i}": "1" for i in range(33)}), D, schema=True),
+    # reads files or runs pragmas; the OpenAPI character rule cannot see them, a CEL rule does
+    bad("define-value-pragma-operator", with_(defines={"P": "_Pragma"}), D, api=schema.DEFINE_VALUE_NO_OPERATOR),
+    bad("define-value-ms-pragma-operator", with_(defines={"P": "__pragma"}), D, api=schema.DEFINE_VALUE_NO_OPERATOR),
+    bad("define-value-has-include", with_(defines={"H": "__has_include"}), D, api=schema.DEFINE_VALUE_NO_OPERATOR),
+    bad("define-value-has-include-next", with_(defines={"H": "__has_include_next"}), D,
+        api=schema.DEFINE_VALUE_NO_OPERATOR),
+    bad("define-value-has-embed", with_(defines={"H": "__has_embed"}), D, api=schema.DEFINE_VALUE_NO_OPERATOR),
+    bad("define-value-operator-in-an-expression", with_(defines={"X": "1+_Pragma"}), D,
+        api=schema.DEFINE_VALUE_NO_OPERATOR),
+    bad("define-value-prefix-to-paste", with_(defines={"A": "_Pra"}), D, api=schema.DEFINE_VALUE_NO_OPERATOR),
+    bad("define-value-underscore-to-paste", with_(defines={"A": "_"}), D, api=schema.DEFINE_VALUE_NO_OPERATOR),
+    bad("define-value-has-prefix-to-paste", with_(defines={"A": "__has_"}), D, api=schema.DEFINE_VALUE_NO_OPERATOR),
+    bad("define-name-pragma-operator", with_(defines={"_Pragma": "1"}), D, api=schema.DEFINE_NAMES_NOT_OPERATORS),
+    bad("define-name-has-include", with_(defines={"__has_include": "1"}), D, api=schema.DEFINE_NAMES_NOT_OPERATORS),
+    bad("defines-33", with_(defines={f"D{i}": "1" for i in range(33)}), D, api=OPENAPI),
     # source
     bad("both-sources", with_(source={"inline": "x", "configMapRef": {"namespace": "a", "name": "b", "key": "c"}}),
-        S, schema=True),
-    bad("no-source", with_(source={}), S, schema=True),
-    bad("source-missing", with_(source=DROP), S, schema=True),
-    bad("inline-empty", with_(source={"inline": ""}), S, schema=True),
-    bad("inline-too-many-chars", with_(source={"inline": "x" * 65537}), S, schema=True),
-    bad("inline-too-many-bytes", with_(source={"inline": "é" * 40000}), S, schema=False),
-    bad("inline-nul", with_(source={"inline": "int x;\x00"}), S, schema=False),
+        S, api=schema.SOURCE_EXCLUSIVE),
+    bad("no-source", with_(source={}), S, api=schema.SOURCE_REQUIRED),
+    bad("source-missing", with_(source=DROP), S, api=OPENAPI),
+    bad("inline-empty", with_(source={"inline": ""}), S, api=OPENAPI),
+    bad("inline-too-many-chars", with_(source={"inline": "x" * 65537}), S, api=OPENAPI),
+    bad("inline-too-many-bytes", with_(source={"inline": "é" * 40000}), S, api=schema.INLINE_BYTES),
+    bad("inline-nul", with_(source={"inline": "int x;\x00"}), S, api=schema.INLINE_NO_NUL),
     bad("configmap-namespace-upper", with_(source={"configMapRef": {"namespace": "Kube", "name": "b", "key": "c"}}),
-        S, schema=True),
+        S, api=OPENAPI),
     bad("configmap-name-underscore", with_(source={"configMapRef": {"namespace": "a", "name": "b_c", "key": "c"}}),
-        S, schema=True),
+        S, api=OPENAPI),
     bad("configmap-key-slash", with_(source={"configMapRef": {"namespace": "a", "name": "b", "key": "../c"}}),
-        S, schema=True),
-    bad("configmap-key-missing", with_(source={"configMapRef": {"namespace": "a", "name": "b"}}), S, schema=True),
+        S, api=OPENAPI),
+    bad("configmap-key-missing", with_(source={"configMapRef": {"namespace": "a", "name": "b"}}), S, api=OPENAPI),
     # entrypoint
-    bad("entrypoint-missing", with_(entrypoint=DROP), S, schema=True),
-    bad("entrypoint-leading-digit", with_(entrypoint="1main"), S, schema=True),
-    bad("entrypoint-parens", with_(entrypoint="main()"), S, schema=True),
-    bad("entrypoint-non-ascii", with_(entrypoint="mäin"), S, schema=True),
-    bad("entrypoint-too-long", with_(entrypoint="a" * 65), S, schema=True),
+    bad("entrypoint-missing", with_(entrypoint=DROP), S, api=OPENAPI),
+    bad("entrypoint-leading-digit", with_(entrypoint="1main"), S, api=OPENAPI),
+    bad("entrypoint-parens", with_(entrypoint="main()"), S, api=OPENAPI),
+    bad("entrypoint-non-ascii", with_(entrypoint="mäin"), S, api=OPENAPI),
+    bad("entrypoint-too-long", with_(entrypoint="a" * 65), S, api=OPENAPI),
     # interfaces
-    bad("interfaces-names-and-pattern", with_(interfaces={"names": ["eth0"], "pattern": "eth.*"}), S, schema=True),
-    bad("interfaces-pattern-and-primary", with_(interfaces={"pattern": "eth.*", "primary": True}), S, schema=True),
-    bad("interfaces-none", with_(interfaces={}), S, schema=True),
-    bad("interfaces-primary-false", with_(interfaces={"primary": False}), S, schema=True),
-    bad("interfaces-names-empty", with_(interfaces={"names": []}), S, schema=True),
-    bad("interface-name-space", with_(interfaces={"names": ["eth 0"]}), S, schema=True),
-    bad("interface-name-slash", with_(interfaces={"names": ["eth0/1"]}), S, schema=True),
-    bad("interface-name-colon", with_(interfaces={"names": ["eth0:1"]}), S, schema=True),
-    bad("interface-name-dot", with_(interfaces={"names": ["."]}), S, schema=True),
-    bad("interface-name-dotdot", with_(interfaces={"names": [".."]}), S, schema=True),
-    bad("interface-name-16-chars", with_(interfaces={"names": ["a" * 16]}), S, schema=True),
-    bad("interface-name-non-ascii", with_(interfaces={"names": ["ēth0"]}), S, schema=True),
-    bad("interface-names-duplicate", with_(interfaces={"names": ["eth0", "eth0"]}), S, schema=True),
-    bad("interface-names-33", with_(interfaces={"names": [f"eth{i}" for i in range(33)]}), S, schema=True),
-    bad("interface-pattern-does-not-compile", with_(interfaces={"pattern": "eth("}), S, schema=False),
-    bad("interface-pattern-empty", with_(interfaces={"pattern": ""}), S, schema=True),
-    bad("interface-pattern-too-long", with_(interfaces={"pattern": "a" * 257}), S, schema=True),
+    bad("interfaces-names-and-pattern", with_(interfaces={"names": ["eth0"], "pattern": "eth.*"}), S,
+        api=schema.INTERFACES_EXCLUSIVE),
+    bad("interfaces-pattern-and-primary", with_(interfaces={"pattern": "eth.*", "primary": True}), S,
+        api=schema.INTERFACES_EXCLUSIVE),
+    bad("interfaces-none", with_(interfaces={}), S, api=schema.INTERFACES_REQUIRED),
+    bad("interfaces-primary-false", with_(interfaces={"primary": False}), S, api=OPENAPI),
+    bad("interfaces-names-empty", with_(interfaces={"names": []}), S, api=OPENAPI),
+    bad("interface-name-space", with_(interfaces={"names": ["eth 0"]}), S, api=OPENAPI),
+    bad("interface-name-slash", with_(interfaces={"names": ["eth0/1"]}), S, api=OPENAPI),
+    bad("interface-name-colon", with_(interfaces={"names": ["eth0:1"]}), S, api=OPENAPI),
+    bad("interface-name-dot", with_(interfaces={"names": ["."]}), S, api=schema.INTERFACE_NAME_NOT_DOTS),
+    bad("interface-name-dotdot", with_(interfaces={"names": [".."]}), S, api=schema.INTERFACE_NAME_NOT_DOTS),
+    bad("interface-name-16-chars", with_(interfaces={"names": ["a" * 16]}), S, api=OPENAPI),
+    bad("interface-name-non-ascii", with_(interfaces={"names": ["ēth0"]}), S, api=OPENAPI),
+    bad("interface-names-duplicate", with_(interfaces={"names": ["eth0", "eth0"]}), S, api=OPENAPI),
+    bad("interface-names-33", with_(interfaces={"names": [f"eth{i}" for i in range(33)]}), S, api=OPENAPI),
+    bad("interface-pattern-does-not-compile", with_(interfaces={"pattern": "eth("}), S, api=None),
+    bad("interface-pattern-empty", with_(interfaces={"pattern": ""}), S, api=OPENAPI),
+    bad("interface-pattern-too-long", with_(interfaces={"pattern": "a" * 257}), S, api=OPENAPI),
     # mode, fallback, priority
-    bad("mode-unknown", with_(mode="skb"), S, schema=True),
-    bad("fallback-unknown", with_(fallback=["driver"]), S, schema=True),
-    bad("fallback-duplicate", with_(fallback=["generic", "generic"]), S, schema=True),
-    bad("priority-negative", with_(priority=-1), S, schema=True),
-    bad("priority-too-high", with_(priority=1001), S, schema=True),
-    bad("priority-string", with_(priority="5"), S, schema=True),
-    bad("priority-bool", with_(priority=True), S, schema=True),
+    bad("mode-unknown", with_(mode="skb"), S, api=OPENAPI),
+    bad("fallback-unknown", with_(fallback=["driver"]), S, api=OPENAPI),
+    bad("fallback-duplicate", with_(fallback=["generic", "generic"]), S, api=OPENAPI),
+    bad("priority-negative", with_(priority=-1), S, api=OPENAPI),
+    bad("priority-too-high", with_(priority=1001), S, api=OPENAPI),
+    bad("priority-string", with_(priority="5"), S, api=OPENAPI),
+    bad("priority-bool", with_(priority=True), S, api=OPENAPI),
     # nodeSelector
     bad("selector-operator-unknown", with_(nodeSelector={"matchExpressions": [{"key": "a", "operator": "Gt",
-                                                                                "values": ["1"]}]}), S, schema=True),
+                                                                                "values": ["1"]}]}), S, api=OPENAPI),
     bad("selector-in-without-values", with_(nodeSelector={"matchExpressions": [{"key": "a", "operator": "In"}]}),
-        S, schema=False),
+        S, api=schema.EXPRESSION_VALUES_REQUIRED),
     bad("selector-exists-with-values", with_(nodeSelector={"matchExpressions": [{"key": "a", "operator": "Exists",
-                                                                                  "values": ["x"]}]}), S, schema=False),
+                                                                                  "values": ["x"]}]}), S,
+        api=schema.EXPRESSION_VALUES_FORBIDDEN),
     bad("selector-expression-key-space", with_(nodeSelector={"matchExpressions": [{"key": "a b",
                                                                                     "operator": "Exists"}]}),
-        S, schema=True),
-    bad("selector-label-key-space", with_(nodeSelector={"matchLabels": {"a b": "x"}}), S, schema=False),
-    bad("selector-label-value-space", with_(nodeSelector={"matchLabels": {"a": "x y"}}), S, schema=True),
-    bad("selector-label-value-too-long", with_(nodeSelector={"matchLabels": {"a": "x" * 64}}), S, schema=True),
+        S, api=OPENAPI),
+    bad("selector-label-key-space", with_(nodeSelector={"matchLabels": {"a b": "x"}}), S, api=schema.MATCH_LABELS_KEYS),
+    bad("selector-label-key-prefix-too-long", with_(nodeSelector={"matchLabels": {LONG_PREFIX + "/x": "x"}}), S,
+        api=schema.MATCH_LABELS_KEYS),
+    bad("selector-expression-key-prefix-too-long", with_(nodeSelector={"matchExpressions": [
+        {"key": LONG_PREFIX + "/x", "operator": "Exists"}]}), S, api=schema.EXPRESSION_KEY_PREFIX),
+    bad("selector-label-value-space", with_(nodeSelector={"matchLabels": {"a": "x y"}}), S, api=OPENAPI),
+    bad("selector-label-value-too-long", with_(nodeSelector={"matchLabels": {"a": "x" * 64}}), S, api=OPENAPI),
     # shape
-    bad("spec-not-object", ["nope"], S, schema=True),  # type: ignore[arg-type]
+    bad("spec-not-object", ["nope"], S, api=OPENAPI),  # type: ignore[arg-type]
 ]
 
 
-@pytest.mark.parametrize(("raw", "reason", "schema_rejects"), BAD)
-def test_bad_spec_is_rejected_with_a_stable_reason(raw, reason, schema_rejects):
+@pytest.mark.parametrize(("raw", "reason", "api"), BAD)
+def test_bad_spec_is_rejected_with_a_stable_reason(raw, reason, api):
     with pytest.raises(SpecError) as caught:
         ProgramSpec.from_dict(raw)
     assert caught.value.reason == reason
     assert caught.value.message
-    assert bool(schema_errors(PROGRAM_SPEC_SCHEMA, raw)) == schema_rejects
+    assert bool(schema_errors(PROGRAM_SPEC_SCHEMA, raw)) == (api == OPENAPI)
+    if isinstance(api, schema.CelRule):
+        assert schema.CEL_RULES[api.name] is api
+
+
+def test_every_cel_rule_of_the_program_has_a_bad_case():
+    """Each CEL rule is shown to refuse something the validator refuses too (the same
+    cases go to the real API server in tests/e2e/test_cel_admission.py)."""
+    covered = {p.values[2].name for p in BAD if isinstance(p.values[2], schema.CelRule)}
+    assert covered == set(schema.CEL_RULES)
 
 
 # --- Program names, digests, flags, attachment specs -------------------------------------------
@@ -351,8 +377,9 @@ def test_bad_attachment_spec_is_rejected(change, reason):
 
 @pytest.mark.parametrize("defines", [{"P": "_Pragma"}, {"H": "__has_include"}, {"A": "__has_"}], ids=repr)
 def test_attachment_spec_with_an_operator_define_is_refused_by_the_agents_parse(defines):
-    """The schema accepts these values (C-token characters); the agent's own parse of the
-    XdpAttachment refuses them, whatever the operator wrote."""
+    """OpenAPI accepts these values (C-token characters): only the CEL rule
+    define-value-no-operator refuses them at the API server. The agent's own parse of the
+    XdpAttachment refuses them too, whatever the operator wrote or the server let through."""
     raw = {**ATTACHMENT, "defines": defines}
     assert schema_errors(schema.attachment_spec_schema(), raw) == []
     with pytest.raises(SpecError) as caught:
