@@ -25,16 +25,14 @@ from pathlib import Path
 
 import kubernetes
 import pytest
-import yaml
 from kubernetes.client.rest import ApiException
 
 from kube_xdp_api import names, rbac
 from kube_xdp_rig import apply as applier
 from kube_xdp_rig import workloads
 
+from .. import helm_cli
 from .conftest import api_client
-
-helm_python = pytest.importorskip("helm_python", reason="helm-python-sdk (PyPI) renders the chart; pip install -e '.[test]'")
 
 pytestmark = pytest.mark.rig
 
@@ -141,8 +139,7 @@ def subject(source: str, component: str) -> tuple[str, str]:
 def rbac_applied(rig):
     """The chart's rendered RBAC (release kxr in kxr-rbac) and kube_xdp_api.rbac.manifests(),
     applied with server-side apply; the CRDs too, for the real requests below."""
-    rendered = helm_python.Chart.load(CHART).render({}, name=CHART_RELEASE, namespace=CHART_NAMESPACE)
-    docs = [d for path, text in rendered.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+    docs = helm_cli.render(release=CHART_RELEASE, namespace=CHART_NAMESPACE, chart=CHART)     # helm template
     chart_rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
     assert len(chart_rbac) == 6
     admin = api_client(rig)
