@@ -64,7 +64,7 @@ rig-status: venv
 demo: venv
 	$(PY) -m kube_xdp_rig.demo $(RIG_ARGS)
 
-test-unit: venv
+test-unit: venv binaries
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-kernel: venv
