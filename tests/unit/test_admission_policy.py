@@ -7,6 +7,8 @@ tests/e2e/test_node_restriction.py.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kube_xdp_api import admission, names, rbac
@@ -84,3 +86,17 @@ def test_the_policy_covers_every_agent_write() -> None:
                     assert operations[verb] in rule["operations"], (resource, verb)
     assert rule["apiGroups"] == [names.GROUP] and rule["apiVersions"] == ["*"]
     assert "DELETE" in rule["operations"]             # refused by RBAC today; by the policy if RBAC widens
+
+
+def notes(values: dict) -> str:
+    """NOTES.txt as `helm install` prints it (a client-side dry run: no cluster)."""
+    out = helm_cli.ok("install", "kube-xdp", str(helm_cli.CHART), "--namespace", "kube-xdp", "--dry-run=client",
+                      "-o", "json", values=values)
+    return json.loads(out.stdout)["info"]["notes"]
+
+
+def test_the_notes_name_the_policy_or_say_it_is_off() -> None:
+    on, off = notes({}), notes({"nodeRestriction": {"create": False}})
+    assert "ValidatingAdmissionPolicy kube-xdp-agent-node-restriction" in on
+    assert "nodeRestriction.create=false" not in on
+    assert "nodeRestriction.create=false: no admission policy" in off and "agent-node-restriction" not in off
