@@ -9,6 +9,7 @@ tests/unit/test_api_spec.py names the rule that refuses each bad spec the valida
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -185,3 +186,17 @@ def test_a_long_node_name_is_selected_as_it_is_not_as_its_shortened_label():
     node = "n" * 253
     assert names.node_label_value(node) != node
     assert attachment_field_selector(node).endswith("=" + node)
+
+
+def test_docs_name_every_rule_with_its_reason_and_message():
+    """docs/api.md, "Where each rule is enforced": a table row per rule says its name, its
+    reason when not FieldValueInvalid, and its message (up to any parenthesis, which the
+    docs abbreviate)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    section = text[text.index("## Where each rule is enforced"):text.index("## What a source may include")]
+    for rule in schema.CEL_RULES.values():
+        (row,) = [line for line in section.splitlines() if f"`{rule.name}`" in line]
+        said = row[row.index(f"`{rule.name}`"):].split("; `")[0]          # this rule's part of the row
+        assert (rule.reason in said) == (rule.reason != schema.FIELD_VALUE_INVALID), (rule.name, said)
+        shown = rule.message.split("(")[0].strip() if rule.message_expression is None else "bytes of UTF-8"
+        assert shown in said, (rule.name, shown, said)
