@@ -158,7 +158,7 @@ class Bench(Cluster):
                 text = self.audit_log.read_text()
             except OSError:
                 text = ""
-            if all(f"kubexdp.io/node%3D{p}" in text for p in pending):
+            if all(f"fieldSelector=spec.nodeName%3D{p}" in text for p in pending):     # the agent's list
                 return
             time.sleep(0.5)
         self.log("bench: warning: could not confirm that every agent has listed its attachments")
