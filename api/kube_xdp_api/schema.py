@@ -751,7 +751,11 @@ def _root_schema(description: str, spec_schema: Schema, status_schema: Schema, *
             "kind": {"type": "string"},
             "metadata": metadata,
             "spec": spec_schema,
-            "status": status_schema,
+            # Until a controller writes the status, the API server shows observedGeneration
+            # 0 (a default applied on read): kstatus (Flux, kpt) then says InProgress
+            # instead of its "no status at all: Current", which would call a program that
+            # nothing has placed, or an attachment no agent has acted on, ready.
+            "status": {**status_schema, "default": {"observedGeneration": 0}},
         },
         required=["spec"],
     )

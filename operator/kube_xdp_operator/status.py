@@ -245,7 +245,7 @@ def _why_not_current(attachment: Mapping[str, Any], program_generation: int | No
     if spec.get("programGeneration") != program_generation:
         return f"attachment at program generation {spec.get('programGeneration')}, not yet updated"
     observed = (attachment.get("status") or {}).get("observedGeneration")
-    if observed is None:
+    if not observed:            # absent, or the schema's default 0: the agent never wrote its status
         return "agent has not reported yet"
     if observed != (attachment.get("metadata") or {}).get("generation"):
         return "agent has not acted on the latest spec yet"
