@@ -154,7 +154,7 @@ def test_resolve_interfaces(selector, available, primary, expected):
     if reason is None:
         assert message == ""
     else:
-        assert message                    # a human sentence, never empty (an empty string breaks the rig)
+        assert message                    # a human sentence, never empty
 
 
 def test_missing_names_are_reported_and_the_others_kept():
