@@ -200,7 +200,11 @@ def ensure(names: list[str] | None = None, cache_dir: Path | None = None, log=sa
                 log(f"build: the cached {p.path.name} does not run or reports another version: rebuilding it")
                 p.path.unlink()
             if p.component.module not in downloaded:
+                t0 = time.monotonic()
+                log(f"build: fetching the Go modules of build/{p.component.module} (from the module proxy the "
+                    f"first time, then from {go_dir / 'mod'})")
                 _download(go, p.component, cache_dir, build_dir, go_dir)
+                log(f"build: Go modules of build/{p.component.module} ready in {_mmss(time.monotonic() - t0)}")
                 downloaded.add(p.component.module)
             _build(go, p, cache_dir, build_dir, go_dir, log)
         _link(bin_dir, p)
