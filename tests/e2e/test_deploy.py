@@ -3,8 +3,6 @@ against the real kernel, proven with real packets."""
 
 from __future__ import annotations
 
-import ipaddress
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -13,6 +11,7 @@ import pytest
 
 from kube_xdp_agent.kernel.bpfsys import BpfMap
 from kube_xdp_rig import traffic
+from .. import helm_cli
 
 from .kubexdp import COUNT_ALL, UDP_DROP, kernel_xdp, pins_of, program, wait
 
@@ -57,7 +56,6 @@ def test_apply_makes_every_node_ready_with_the_mode_the_kernel_reports(rig, kube
         assert _stat(st, "stats", 0) - before == 40                   # the program counted its drops
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl on PATH (make deps installs one)")
 def test_describe_shows_the_events_of_the_program(rig, kubexdp, programs):
     """Events about cluster-scoped objects are found by `kubectl describe` only when their
     involvedObject has no namespace (kopf's own kopf.event() put "default" there)."""
@@ -66,8 +64,8 @@ def test_describe_shows_the_events_of_the_program(rig, kubexdp, programs):
     kubexdp.wait_ready("e2e-events")
 
     def described() -> str | None:
-        out = subprocess.run(["kubectl", "--kubeconfig", rig.kubeconfig, "describe", "xdpp", "e2e-events"],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+        out = subprocess.run([helm_cli.kubectl_binary(), "--kubeconfig", rig.kubeconfig, "describe", "xdpp",
+                              "e2e-events"], capture_output=True, text=True, timeout=60, check=True).stdout
         events = out.split("\nEvents:", 1)[1]
         return events if "1/1 nodes ready" in events else None
 

@@ -1,8 +1,9 @@
 """The kubectl install path against the rig's real API server:
 `kubectl apply --server-side -f crds/`, then an example, then `kubectl get xdpp` with the
-printer columns. The same path is also taken through the Python client (server-side
-apply, and the Table API `kubectl get` itself uses), so it is tested where no kubectl
-binary exists; the kubectl tests skip with the reason then.
+printer columns, with the rig's kubectl 1.37 (built with the API server by
+kube_xdp_rig.gobuild; never whatever kubectl is on PATH). The same path is also taken
+through the Python client (server-side apply, and the Table API `kubectl get` itself
+uses).
 
 The example is applied as shipped with a server-side dry run, and for real under a
 unique name with a node selector that matches no node (other tests on the same rig may
@@ -15,7 +16,6 @@ operator writes the same values, so the columns are the same whoever wrote them.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -27,21 +27,18 @@ import yaml
 from kube_xdp_api import names, schema
 from kube_xdp_operator.status import aggregate
 from kube_xdp_rig import apply as applier
+from .. import helm_cli
 
 pytestmark = pytest.mark.rig
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "udp-drop.yaml"
-KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(
-    KUBECTL is None, reason="no kubectl binary on PATH (Debian: apt-get install kubernetes-client); "
-                            "the Python-client path below covers the same steps")
 T0 = "2026-01-01T00:00:00Z"
 COLUMNS = [c["name"].upper() for c in schema.program_crd()["spec"]["versions"][0]["additionalPrinterColumns"]]
 
 
 def kubectl(rig, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([KUBECTL, "--kubeconfig", rig.kubeconfig, *args], input=stdin, capture_output=True,
+    result = subprocess.run([helm_cli.kubectl_binary(), "--kubeconfig", rig.kubeconfig, *args], input=stdin, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
     return result
@@ -76,7 +73,6 @@ def delete_program(admin, name: str) -> None:
             raise
 
 
-@needs_kubectl
 def test_kubectl_apply_crds_example_and_get_columns(rig, admin) -> None:
     applied = kubectl(rig, "apply", "--server-side", "-f", str(REPO / "crds"))
     for crd in schema.all_crds():
@@ -103,12 +99,11 @@ def test_kubectl_apply_crds_example_and_get_columns(rig, admin) -> None:
         delete_program(admin, name)
 
 
-@needs_kubectl
 def test_kubectl_refuses_an_invalid_program(rig, admin) -> None:
     """The path can fail: the API server's schema refuses a bad mode through kubectl too."""
     kubectl(rig, "apply", "--server-side", "-f", str(REPO / "crds"))
     bad = renamed_example(f"kubectl-bad-{uuid.uuid4().hex[:6]}").replace("mode: native", "mode: turbo")
-    result = subprocess.run([KUBECTL, "--kubeconfig", rig.kubeconfig, "apply", "--server-side", "-f", "-"],
+    result = subprocess.run([helm_cli.kubectl_binary(), "--kubeconfig", rig.kubeconfig, "apply", "--server-side", "-f", "-"],
                             input=bad, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "spec.mode" in result.stderr
 
