@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kube_xdp_agent.controller import attachment_field_selector
 from kube_xdp_api import names, schema, spec
+
+from .test_api_schema import walk   # the same walk over schema nodes
 
 CRDS = {crd["spec"]["names"]["kind"]: crd for crd in schema.all_crds()}
 REASONS = {schema.FIELD_VALUE_INVALID, schema.FIELD_VALUE_FORBIDDEN, schema.FIELD_VALUE_REQUIRED,
@@ -47,17 +48,6 @@ WHERE = {
     "XdpAttachment": COMPILE_FIELD_RULES,
     "XdpNode": {},
 }
-
-
-def walk(sch: dict[str, Any], path: str = ""):
-    """Yield (path, schema) for every schema node."""
-    yield path, sch
-    for key, sub in sch.get("properties", {}).items():
-        yield from walk(sub, f"{path}.{key}")
-    if isinstance(sch.get("items"), dict):
-        yield from walk(sch["items"], f"{path}[]")
-    if isinstance(sch.get("additionalProperties"), dict):
-        yield from walk(sch["additionalProperties"], f"{path}{{}}")
 
 
 def rules_in(kind: str) -> dict[str, list[tuple[str, dict]]]:
