@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf
 
-    from . import handlers
+    from . import handlers, reconciler
     from .kubeapi import ClusterApi
 
     from kube_xdp_api import compat
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except compat.UnsupportedKubernetes as e:
         print(e, file=sys.stderr)
         return 1
-    handlers.AGENT_CLEANUP_TIMEOUT = args.agent_cleanup_timeout
+    reconciler.AGENT_CLEANUP_TIMEOUT = args.agent_cleanup_timeout
     handlers.install(api)
     kopf.run(clusterwide=True, standalone=True,
              liveness_endpoint=None if args.liveness == "none" else args.liveness)

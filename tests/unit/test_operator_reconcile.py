@@ -1,11 +1,11 @@
-"""The operator's reconcile (kube_xdp_operator.handlers.Reconciler._reconcile) against a
-recording stand-in for its API writes and plain dicts for kopf's indexes.
+"""The operator's reconcile (kube_xdp_operator.reconciler.Reconciler) against a recording
+stand-in for its API writes and plain dicts for kopf's indexes.
 
 What is checked here is the write discipline: the operator's own finalizer (added once,
 even while the index lags behind), deletion (finalizer released as soon as no attachment
 is left; stuck attachments released after the bound), the status rate limit (progress is
-deferred, outcomes are written at once), and the index lag on status (our last write, not
-the stale index copy, is the old status). The same paths run against the real API server
+deferred, outcomes are written at once), the index lag on status (our last write, not
+the stale index copy, is the old status), and when a reconcile asks to look again. The same paths run against the real API server
 in tests/e2e and tests/faults; the write counts are measured by `make bench`.
 """
 
@@ -18,8 +18,8 @@ import pytest
 
 from kube_xdp_api import names
 from kube_xdp_api.spec import source_digest
-from kube_xdp_operator import handlers
-from kube_xdp_operator.handlers import Reconciler
+from kube_xdp_operator import reconciler as reconciler_mod
+from kube_xdp_operator.reconciler import Reconciler
 from kube_xdp_operator.placement import wanted_attachments
 
 UID = "5b1c2d3e-0000-4000-8000-00000000abcd"
@@ -59,6 +59,10 @@ class RecordingApi:
 
     def delete_xdpnode(self, name, uid):
         self.calls.append(("delete_xdpnode", name, uid))
+
+    def post_event(self, program, type_, reason, message):
+        self.calls.append(("event", program["metadata"]["uid"], reason))
+        return True
 
     def kinds(self) -> list[str]:
         return [c[0] for c in self.calls]
@@ -139,25 +143,25 @@ def test_deleted_program_is_released_as_soon_as_no_attachment_is_left(rec):
 
 
 def test_stuck_attachment_is_released_after_the_bound_and_the_rest_rechecked_then(rec, monkeypatch):
-    monkeypatch.setattr(handlers, "AGENT_CLEANUP_TIMEOUT", 10.0)
+    monkeypatch.setattr(reconciler_mod, "AGENT_CLEANUP_TIMEOUT", 10.0)
     set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR], deleting=ago(20)))
     rec.attachments = {"p": [attachment("n1", deleting=ago(5)), attachment("n2", deleting=ago(15))]}
-    events, _ = rec._reconcile("p")
+    out = rec._reconcile("p")
     assert ("release", names.attachment_name("p", "n2")) in rec.api.calls
     assert ("release", names.attachment_name("p", "n1")) not in rec.api.calls
-    assert [e[1] for e in events if e[0] == "Warning"] == ["CleanupAbandoned"]
-    assert 5.0 <= rec._recheck["p"] <= 6.1     # comes back when n1's bound ends (times have 1 s steps)
+    assert [e[1] for e in out.events if e[0] == "Warning"] == ["CleanupAbandoned"]
+    assert 5.0 <= out.recheck <= 6.1           # comes back when n1's bound ends (times have 1 s steps)
     assert ("finalizer", "p", False) not in rec.api.calls
 
 
 def test_deselected_node_whose_agent_is_gone_is_released_too(rec, monkeypatch):
     """Not only on program deletion: an attachment deleted because its node was
     deselected must not stay Terminating forever when that node's agent is gone."""
-    monkeypatch.setattr(handlers, "AGENT_CLEANUP_TIMEOUT", 10.0)
+    monkeypatch.setattr(reconciler_mod, "AGENT_CLEANUP_TIMEOUT", 10.0)
     rec.nodes = {"n1": [node("n1")]}
     set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR]))
     rec.attachments = {"p": [attachment("n1", ready=True), attachment("n2", deleting=ago(12))]}
-    events, _ = rec._reconcile("p")
+    events = rec._reconcile("p").events
     assert ("release", names.attachment_name("p", "n2")) in rec.api.calls
     assert [e[1] for e in events if e[0] == "Warning"] == ["CleanupAbandoned"]
 
@@ -165,23 +169,23 @@ def test_deselected_node_whose_agent_is_gone_is_released_too(rec, monkeypatch):
 def test_program_without_our_finalizer_is_left_to_the_deleted_event(rec):
     set_program(rec, program(deleting=ago(1)))
     rec.attachments = {"p": [attachment("n1")]}
-    assert rec._reconcile("p")[0] == [] and rec.api.calls == []
+    assert rec._reconcile("p").events == [] and rec.api.calls == []
 
 
 def test_progress_is_rate_limited_and_the_outcome_is_not(rec, monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr(handlers, "_monotonic", lambda: clock[0])
+    monkeypatch.setattr(reconciler_mod, "_monotonic", lambda: clock[0])
     set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR]))
     rec.attachments = {"p": [attachment("n1"), attachment("n2")]}
     rec._reconcile("p")                                          # new generation: written at once
     assert rec.api.kinds().count("status") == 1
     clock[0] += 0.2
     rec.attachments = {"p": [attachment("n1", ready=True), attachment("n2")]}   # progress: 1/2
-    rec._reconcile("p")
-    assert rec.api.kinds().count("status") == 1 and 0.7 <= rec._recheck.pop("p") <= 0.8
+    deferred = rec._reconcile("p")
+    assert rec.api.kinds().count("status") == 1 and 0.7 <= deferred.recheck <= 0.8
     clock[0] += 0.1
     rec.attachments = {"p": [attachment("n1", ready=True), attachment("n2", ready=True)]}  # Ready
-    events, _ = rec._reconcile("p")
+    events = rec._reconcile("p").events
     assert rec.api.kinds().count("status") == 2
     assert rec.api.status["readyNodes"] == 2 and ("Normal", "Ready", "2/2 nodes ready") in events
 
@@ -189,15 +193,15 @@ def test_progress_is_rate_limited_and_the_outcome_is_not(rec, monkeypatch):
 def test_stale_index_status_does_not_repeat_writes_or_events(rec):
     set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR]))
     rec.attachments = {"p": [attachment("n1", ready=True), attachment("n2", ready=True)]}
-    first, _ = rec._reconcile("p")
-    again, _ = rec._reconcile("p")          # the index still has no status at all
+    first = rec._reconcile("p").events
+    again = rec._reconcile("p").events      # the index still has no status at all
     assert rec.api.kinds().count("status") == 1
     assert [e[1] for e in first] == ["Ready"] and again == []
 
 
 def test_the_bound_is_never_cut_short_by_the_timestamps_whole_seconds(rec, monkeypatch):
     """deletionTimestamp has whole seconds: 10.4 s measured may be 9.5 s real; not released."""
-    monkeypatch.setattr(handlers, "AGENT_CLEANUP_TIMEOUT", 10.0)
+    monkeypatch.setattr(reconciler_mod, "AGENT_CLEANUP_TIMEOUT", 10.0)
     set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR], deleting=ago(10)))
     rec.attachments = {"p": [attachment("n1", deleting=ago(10))]}
     rec._reconcile("p")
@@ -212,10 +216,12 @@ def test_a_program_held_by_another_finalizer_says_deleting(rec):
     assert (ready["status"], ready["reason"]) == ("False", "Deleting")
 
 
-def test_deleted_node_takes_its_xdpnode_with_it_guarded_by_uid(rec):
-    rec.bind(rec.programs, {"n1": [node("n1")]}, rec.attachments, {"n1": ["uid-n1"], "n2": ["uid-n2"]})
-    rec.node_gone("n2")
-    rec.node_gone("n3")                     # never had an XdpNode: nothing to delete
+def test_deleted_node_takes_its_xdpnode_with_it_guarded_by_the_uid_seen_then(rec):
+    """The uid is the one the index showed at the Node's deletion (the handler puts it in
+    the key), not the index's current one: a retry after the agent re-published its
+    XdpNode must not delete the new object (the API server refuses: uid precondition)."""
+    rec.bind(rec.programs, {"n1": [node("n1")]}, rec.attachments, {"n1": ["uid-n1"], "n2": ["uid-n2-new"]})
+    rec.node_gone("n2", "uid-n2")
     assert rec.api.calls == [("delete_xdpnode", "n2", "uid-n2")]
 
 
@@ -237,3 +243,47 @@ def test_sweep_spares_an_xdpnode_whose_node_appeared_or_that_was_re_created(rec)
     assert rec.api.calls == []
     rec.sweep_inventories()
     assert rec.api.calls == [("delete_xdpnode", "again", "uid-2")]
+
+
+def test_a_blocked_attachment_asks_to_look_again_shortly(rec):
+    """n1's attachment of the same name is still being deleted (an agent holds it): the
+    plan cannot create the new one yet, so the reconcile asks to come back in 2 s (not at
+    the deletion bound, 600 s, nor at the next resync)."""
+    set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR]))
+    rec.attachments = {"p": [attachment("n1", deleting=ago(1)), attachment("n2", ready=True)]}
+    assert rec._reconcile("p").recheck == reconciler_mod.BLOCKED_RECHECK_SECONDS
+
+
+def test_a_settled_program_asks_for_nothing(rec):
+    set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR]))
+    rec.attachments = {"p": [attachment("n1", ready=True), attachment("n2", ready=True)]}
+    assert rec._reconcile("p").recheck is None
+    assert rec.reconcile("p") is None
+
+
+def foreign(att: dict, uid: str = "00000000-dead-4000-8000-000000000000") -> dict:
+    att = copy.deepcopy(att)
+    for ref in att["metadata"]["ownerReferences"]:
+        ref["uid"] = uid
+    return att
+
+
+@pytest.mark.parametrize("replaced", [False, True], ids=["program-gone", "program-replaced"])
+def test_reconcile_deletes_attachments_whose_program_is_gone_or_was_replaced(rec, replaced):
+    """A program deleted before the operator's finalizer was on it (or re-created under the
+    same name) left attachments owned by a uid that no longer exists: the reconcile of its
+    name deletes them, and releases the one whose Node is gone (no agent to wait for)."""
+    rec.programs = {"p": [program(finalizers=[names.FINALIZER_OPERATOR])]} if replaced else {}
+    rec.nodes = {"n1": [node("n1")]}
+    rec.attachments = {"p": [foreign(attachment("n1", ready=True)), foreign(attachment("n2", ready=True))]}
+    rec.reconcile("p")
+    gone = [c for c in rec.api.calls if c[0] in ("delete", "release")]
+    assert gone == [("delete", names.attachment_name("p", "n1")), ("delete", names.attachment_name("p", "n2")),
+                    ("release", names.attachment_name("p", "n2"))]
+
+
+def test_reconcile_posts_the_transition_events_about_the_program_after_its_status(rec):
+    set_program(rec, program(finalizers=[names.FINALIZER_OPERATOR]))
+    rec.attachments = {"p": [attachment("n1", ready=True), attachment("n2", ready=True)]}
+    rec.reconcile("p")
+    assert rec.api.calls[-2:] == [("status", "p"), ("event", UID, "Ready")]
