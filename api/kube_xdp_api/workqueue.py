@@ -173,34 +173,37 @@ class WorkQueue(Generic[K]):
             self._release_due(self._clock())
             self._add_locked(key)
 
-    def add_after(self, key: K, delay: float) -> None:
-        """`add(key)` once `delay` seconds have passed; the earlier of two deadlines wins."""
+    def add_after(self, key: K, delay: float) -> float:
+        """`add(key)` once `delay` seconds have passed; the earlier of two deadlines wins.
+        Returns the seconds until the key's timer fires (shorter than `delay` when an
+        earlier one was pending; 0: added now)."""
         _check_key(key)
         if delay <= 0:
             self.add(key)
-            return
+            return 0.0
         with self._cond:
             if self._shutting_down:
-                return
-            deadline = self._clock() + delay
+                return delay
+            now = self._clock()
+            deadline = now + delay
             current = self._timers.get(key)
             if current is not None and current[0] <= deadline:
-                return
+                return current[0] - now
             self._seq += 1
             self._timers[key] = (deadline, self._seq)
             heapq.heappush(self._heap, (deadline, self._seq, key))
             self._cond.notify_all()          # a waiting worker may have to wake earlier
+            return delay
 
     def add_rate_limited(self, key: K) -> float:
         """Add `key` after its backoff delay (retry number `retries(key)`), count the retry,
-        and return the delay chosen (for a log line)."""
+        and return when it will run (`add_after`'s answer: an earlier timer already
+        pending for the key wins; for a log line)."""
         _check_key(key)
         with self._cond:
             retries = self._failures.get(key, 0)
             self._failures[key] = retries + 1
-        delay = self.backoff.delay(retries)
-        self.add_after(key, delay)
-        return delay
+        return self.add_after(key, self.backoff.delay(retries))
 
     def forget(self, key: K) -> None:
         """The key succeeded: its next failure backs off from the start again. A timer

@@ -334,6 +334,18 @@ def busiest(times: list[float], width: float) -> int:
     return max(sum(1 for t in times if lo <= t < lo + width) for lo in times)
 
 
+def test_add_rate_limited_says_when_the_key_really_runs_when_an_earlier_timer_is_pending(clock):
+    """One timer per key, the earliest wins: a backoff of 0.5 s behind a recheck already
+    due in 0.2 s runs in 0.2 s, and says so (the log line must not promise 0.5 s)."""
+    q = make(clock, rng=Fixed(0.5))
+    assert q.add_after("a", 0.2) == 0.2
+    assert q.add_rate_limited("a") == pytest.approx(0.2)
+    assert q.add_after("a", 10) == pytest.approx(0.2)
+    clock.advance(0.2)
+    assert drain(q) == ["a"]
+    assert q.add_after("a", 0) == 0.0 and drain(q) == ["a"]
+
+
 def test_retries_of_100_keys_failing_at_the_same_instant_do_not_fire_together(clock):
     """100 keys fail at one instant (an API server outage ends a reconcile of each), in
     three rounds. Their retries spread over each round's window; with the jitter taken
@@ -341,8 +353,10 @@ def test_retries_of_100_keys_failing_at_the_same_instant_do_not_fire_together(cl
     def rounds(rng) -> list[list[float]]:
         q = make(clock, base=1.0, cap=30.0, rng=rng)
         out = []
-        for _ in range(3):
+        for n in range(3):
             out.append(sorted(q.add_rate_limited(k) for k in range(100)))
+            clock.advance(2.0 ** n)             # the round's retries fire (and fail again)
+            assert len(drain(q)) == 100
         return out
 
     for n, delays in enumerate(rounds(random.Random(17))):
