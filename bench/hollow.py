@@ -1,7 +1,7 @@
 """Hollow nodes: the real agent control code (kube_xdp_agent.controller.Agent, its watch,
 reconcile, finalizer and status logic, each with its own API client authenticated as the
 agent ServiceAccount with its own node's pod-bound token, so the agents' node-restriction
-policy applies to each as to a real agent) over kernel.FakeKernel, an in-memory kernel: no
+policy applies to each as to a real agent) over tests.fakes.FakeKernel, an in-memory kernel: no
 compile, no netlink, no bpffs. They measure the control plane alone (API server, operator,
 agent control loop); they say nothing about compile or attach time. Each publishes its
 XdpNode (probed on the in-memory kernel), as a real agent does.
@@ -33,7 +33,11 @@ def make_agent(node: str, kubeconfig: str, resync: float):
     import kubernetes
 
     from kube_xdp_agent.controller import Agent, AgentConfig
-    from kube_xdp_agent.kernel import FakeKernel
+    # The test double of the kernel (tests/fakes), imported on purpose: the real agent code
+    # needs a kernel that behaves (programs, pins, hooks, links), and a copy of that model
+    # here would drift from the one the unit tests check. The bench runs from a checkout
+    # (PYTHONPATH is the repository), where tests/ is importable.
+    from tests.fakes import FakeKernel
 
     kernel = FakeKernel(compile_ms=0.0)      # compile time is not modelled: control plane only
     for i, name in enumerate(INTERFACES):

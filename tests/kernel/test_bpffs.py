@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from types import MappingProxyType
 
 import pytest
@@ -197,3 +198,65 @@ def test_symlink_cannot_redirect_pins(bpffs: str, tmp_path, pass_progs) -> None:
         store.pin_program("escape", DIGEST, pass_progs[0])
     assert "outside the bpffs root" in str(exc_info.value)
     assert os.listdir(tmp_path) == []
+
+
+# --- link pins ------------------------------------------------------------------------------
+
+
+def test_link_pins(bpffs: str, netns_pair, pass_progs) -> None:
+    """A link pinned as (program, interface) beside the program's digests: read back with
+    the kernel's link id, prog id and ifindex; listed; renamed to another program (the link
+    untouched); unpinned (which, as the last reference, detaches it). An interface name
+    with a dot is pinned with '+' (bpffs refuses dots)."""
+    from kube_xdp_agent.kernel import Netlink, XdpLinks
+
+    store = PinStore(bpffs)
+    store.pin_program("web", DIGEST, pass_progs[0])
+    links = XdpLinks(netns_pair.ns)
+    with Netlink(netns_pair.ns) as nl:
+        iface = nl.interface(netns_pair.ns_if)
+        assert store.read_link("web", iface.name) is None
+        with links.create(iface.index, pass_progs[0].prog_fd, "generic") as link:
+            pinned = store.pin_link("web", iface.name, link.fd)
+            info = links.info(link.fd)
+            with pytest.raises(PinError) as exc_info:       # never replaced
+                store.pin_link("web", iface.name, link.fd)
+            assert exc_info.value.errno == errno.EEXIST
+        assert pinned.path == os.path.join(bpffs, "kube-xdp", "web", "links", iface.name)
+        assert (pinned.link_id, pinned.prog_id, pinned.ifindex) == (info.id, pass_progs[0].prog_id, iface.index)
+        assert not pinned.defunct and store.read_link("web", iface.name) == pinned
+        assert tree(os.path.join(bpffs, "kube-xdp")) == ["web", f"web/{DIGEST}", f"web/{DIGEST}/maps",
+                                                          f"web/{DIGEST}/prog", "web/links", f"web/links/{iface.name}"]
+        assert store.list_programs() == {"web": [DIGEST]}          # "links" is not a digest
+        assert store.list_links() == [pinned] == store.list_links("web")
+        moved = store.move_link("web", iface.name, "api")
+        assert (moved.program, moved.link_id) == ("api", pinned.link_id)
+        assert store.read_link("web", iface.name) is None and not os.path.exists(pinned.path)
+        assert nl.read_xdp(iface.name).skb_prog_id == pass_progs[0].prog_id      # the move touched nothing
+        assert store.unpin_link("api", iface.name) and not store.unpin_link("api", iface.name)
+        for _ in range(200):       # released asynchronously (test_link.py)
+            if nl.read_xdp(iface.name).attached is None:
+                break
+            time.sleep(0.005)
+        assert nl.read_xdp(iface.name).attached is None
+        assert not os.path.exists(os.path.join(bpffs, "kube-xdp", "api"))      # emptied dirs go
+        # A dotted name (as VLANs have): pinned with '+', listed under its real name.
+        subprocess.run(["ip", "-n", netns_pair.ns, "link", "add", "veth0.7", "type", "veth", "peer", "name",
+                        "veth0.8"], check=True)
+        vlan = nl.interface("veth0.7")
+        with links.create(vlan.index, pass_progs[1].prog_fd, "generic") as link:
+            dotted = store.pin_link("web", "veth0.7", link.fd)
+        assert os.path.basename(dotted.path) == "veth0+7"
+        assert [x.interface for x in store.list_links("web")] == ["veth0.7"]
+        with store.open_link("web", "veth0.7") as fd:
+            links.detach(fd.fd)
+        assert store.read_link("web", "veth0.7").defunct
+        assert store.unpin_link("web", "veth0.7")
+
+
+@pytest.mark.parametrize("interface", ["", ".", "..", "a/b", "sixteen-chars-xx", "eth0\n", "eth 0", "eth+0"])
+def test_bad_interface_names_rejected(bpffs: str, interface: str) -> None:
+    store = PinStore(bpffs)
+    with pytest.raises(PinError):
+        store.link_path("web", interface)
+    assert not os.path.exists(os.path.join(bpffs, "kube-xdp"))

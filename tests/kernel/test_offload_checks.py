@@ -1,11 +1,10 @@
-"""Offload rules checked before trying, and attach by policy, on the real kernel (veth).
+"""Offload rules checked before trying, and loading for a device, on the real kernel (veth).
 
 veth cannot offload: loading a program bound to it fails with EINVAL (and so does
-creating a map bound to it). So on veth:
-- offload preferred, program offloadable      -> native, reason OffloadUnsupported (EINVAL);
-- offload preferred, per-CPU map in the source -> native, reason ProgramNotOffloadable,
-  decided from the source: no device-bound load is even tried;
-- offload required                             -> nothing attached, NoModeAttached.
+creating a map bound to it). Attaching by policy with offload first (attach.place with a
+device-bound program for offload) is tested in test_attach.py: offload preferred ->
+native with reason OffloadUnsupported (EINVAL) or ProgramNotOffloadable (a per-CPU map,
+decided from the source); offload required -> nothing attached, NoModeAttached.
 The real offload path (netdevsim) is exercised in tests/offload/ inside the lab kernel.
 """
 
@@ -20,11 +19,9 @@ import pytest
 
 from kube_xdp_agent.kernel import CompileRequest, Compiler, Netlink
 from kube_xdp_agent.kernel.errors import AttachError, CompileError, ProgramNotOffloadable
+from kube_xdp_agent.kernel.netns import in_netns
 from kube_xdp_agent.kernel.offload import (
-    NoModeAttached,
-    attach_with_fallback,
     check_source,
-    in_netns,
     load_for_offload,
     loaded_problems,
     source_problems,
@@ -148,70 +145,3 @@ def test_device_bound_load_on_veth_is_offload_unsupported(netns_pair, compiler: 
         assert info.value.reason == "OffloadUnsupported"
         assert isinstance(info.value.__cause__, CompileError)
         assert "could not open bpf map" in info.value.__cause__.output
-
-
-def test_offload_preferred_on_veth_falls_back_to_native(netns_pair, compiler: Compiler) -> None:
-    req = CompileRequest(OFFLOADABLE_SRC, "xdp_hits")
-    with Netlink(netns_pair.ns) as nl:
-        placed = attach_with_fallback(compiler, nl, netns_pair.ns_if, req, ("offload", "native", "generic"))
-        try:
-            assert placed.mode == "native" and placed.state.attached == "native"
-            assert placed.reason == "OffloadUnsupported"
-            assert placed.refused[0].errno == errno.EINVAL
-            assert "offload" in placed.message and "native" in placed.message
-            assert placed.program.prog_id == placed.state.drv_prog_id
-            assert hook(netns_pair.ns, netns_pair.ns_if)["prog"]["id"] == placed.program.prog_id
-        finally:
-            nl.detach(netns_pair.ns_if, "native", expected_prog_fd=placed.program.prog_fd)
-
-
-def test_per_cpu_program_is_not_offloadable_before_trying(netns_pair, compiler: Compiler, counter_request) -> None:
-    before = set(compiler.cached_keys())
-    with Netlink(netns_pair.ns) as nl:
-        placed = attach_with_fallback(compiler, nl, netns_pair.ns_if, counter_request, ("offload", "native"))
-        try:
-            assert placed.mode == "native" and placed.reason == "ProgramNotOffloadable"
-            assert "udp_hits" in placed.message and "per-CPU" in placed.message
-        finally:
-            nl.detach(netns_pair.ns_if, "native", expected_prog_fd=placed.program.prog_fd)
-    # Only the host program was compiled: no device-bound load was tried.
-    new = set(compiler.cached_keys()) - before
-    assert new <= {compiler.key(counter_request)}
-
-
-@pytest.mark.parametrize(
-    ("source", "entry", "reason"),
-    [(OFFLOADABLE_SRC, "xdp_hits", "OffloadUnsupported"), (COUNTER_SRC, "xdp_count", "ProgramNotOffloadable")],
-    ids=["device-cannot", "program-cannot"],
-)
-def test_offload_required_attaches_nothing(netns_pair, compiler: Compiler, source, entry, reason) -> None:
-    defines = {"COUNT_PORT": "1", "DROP_PORT": "2"} if entry == "xdp_count" else {}
-    with Netlink(netns_pair.ns) as nl:
-        with pytest.raises(NoModeAttached) as info:
-            attach_with_fallback(compiler, nl, netns_pair.ns_if, CompileRequest(source, entry, defines), ("offload",))
-    err = info.value
-    assert err.reason == reason and [r.mode for r in err.refused] == ["offload"]
-    assert netns_pair.ns_if in str(err)
-    assert hook(netns_pair.ns, netns_pair.ns_if) is None
-
-
-def test_generic_only_policy(netns_pair, compiler: Compiler) -> None:
-    req = CompileRequest(OFFLOADABLE_SRC, "xdp_hits")
-    with Netlink(netns_pair.ns) as nl:
-        placed = attach_with_fallback(compiler, nl, netns_pair.ns_if, req, ("generic",))
-        try:
-            assert placed.mode == "generic" and placed.reason is None and placed.message == ""
-            assert hook(netns_pair.ns, netns_pair.ns_if)["mode"] == 2
-        finally:
-            nl.detach(netns_pair.ns_if, "generic", expected_prog_fd=placed.program.prog_fd)
-
-
-def test_native_refused_falls_back_to_generic_on_lo(netns_pair, compiler: Compiler) -> None:
-    req = CompileRequest(PASS_ONLY_SRC, "xdp_ok")
-    with Netlink(netns_pair.ns) as nl:
-        placed = attach_with_fallback(compiler, nl, "lo", req, ("native", "generic"))
-        try:
-            assert placed.mode == "generic" and placed.reason == "DriverModeUnsupported"
-            assert placed.refused[0].errno == errno.EOPNOTSUPP and placed.refused[0].kernel_message
-        finally:
-            nl.detach("lo", "generic", expected_prog_fd=placed.program.prog_fd)

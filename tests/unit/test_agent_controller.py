@@ -20,7 +20,7 @@ import pytest
 
 from kube_xdp_agent.build import InProcessBuilder
 from kube_xdp_agent.controller import Agent, AgentConfig
-from kube_xdp_agent.kernel import FakeKernel
+from tests.fakes import FakeKernel
 from kube_xdp_agent.kernel.errors import AttachError
 from kube_xdp_api import names, reasons
 from kube_xdp_api.spec import source_digest

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from kube_xdp_agent.execute import Executor
-from kube_xdp_agent.kernel import CompileRequest, FakeKernel, XdpState
+from kube_xdp_agent.kernel import CompileRequest, XdpState
+from tests.fakes import FakeKernel
 from kube_xdp_agent.observe import observe
 from kube_xdp_agent.plan import (
     Attach,

@@ -19,8 +19,8 @@ from kube_xdp_agent.inventory import (
     interface_selector,
     probe_node,
 )
-from kube_xdp_agent.kernel import FakeKernel
-from kube_xdp_agent.kernel.fake import FakeFd
+from tests.fakes import FakeKernel
+from tests.fakes.kernel import FakeFd
 from kube_xdp_agent.kernel.netlink import Interface, XdpState
 
 EMPTY = XdpState(attached=None, prog_id=None, drv_prog_id=None, skb_prog_id=None, hw_prog_id=None)
@@ -235,7 +235,7 @@ def test_cli_hands_the_selection_to_the_publisher(monkeypatch, tmp_path, env, ar
     monkeypatch.setattr(controller.Agent, "run", lambda self: ran.append(self))
 
     def host_kernel():
-        kernel = kernel_pkg.FakeKernel()
+        kernel = FakeKernel()
         kernel.mount_bpffs("/sys/fs/bpf")
         return kernel
 

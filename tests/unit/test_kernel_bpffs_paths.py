@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kube_xdp_agent.kernel import FakeKernel, PinError
+from kube_xdp_agent.kernel import PinError
+from tests.fakes import FakeKernel
 from kube_xdp_agent.kernel.bpffs import validate_digest12, validate_map_name, validate_program
 
 GOOD_PROGRAMS = ["a", "counter", "drop-udp-9999", "a" * 63, "0abc", "x1-2"]

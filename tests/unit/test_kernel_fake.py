@@ -17,7 +17,6 @@ from kube_xdp_agent.kernel import (
     Compiler,
     EntrypointNotFound,
     EntrypointNotXdp,
-    FakeKernel,
     HookBusy,
     InterfaceNotFound,
     InvalidDefine,
@@ -27,7 +26,10 @@ from kube_xdp_agent.kernel import (
     PinStore,
     VerifierError,
 )
-from kube_xdp_agent.kernel.fake import FakeCompiler, FakeNetlink, FakePinStore
+from tests.fakes import FakeKernel
+from kube_xdp_agent.kernel import XdpLinks, attach, place, remove
+from kube_xdp_agent.kernel.errors import BpfSyscallError
+from tests.fakes.kernel import FakeCompiler, FakeLinks, FakeNetlink, FakePinStore
 
 COUNTER = """
 BPF_ARRAY(counter, u64, 1);
@@ -59,7 +61,8 @@ def public_methods(cls: type) -> dict[str, inspect.Signature]:
     }
 
 
-@pytest.mark.parametrize(("real", "fake"), [(Compiler, FakeCompiler), (Netlink, FakeNetlink), (PinStore, FakePinStore)])
+@pytest.mark.parametrize(("real", "fake"), [(Compiler, FakeCompiler), (Netlink, FakeNetlink), (PinStore, FakePinStore),
+                                            (XdpLinks, FakeLinks)])
 def test_fake_has_the_real_surface(real: type, fake: type) -> None:
     real_methods, fake_methods = public_methods(real), public_methods(fake)
     missing = set(real_methods) - set(fake_methods)
@@ -219,3 +222,121 @@ def test_removed_interface_releases_its_program(kernel: FakeKernel) -> None:
     assert kernel.prog_exists(prog.prog_id)
     kernel.remove_interface("eth0", netns="node")
     assert not kernel.prog_exists(prog.prog_id)
+
+
+# --- bpf_link (each behaviour checked on the real kernel: tests/kernel/test_link.py) -----------
+
+
+def bpf_errno(fn) -> int | None:
+    try:
+        fn()
+    except BpfSyscallError as exc:
+        return exc.errno
+    return None
+
+
+def test_a_link_holds_the_hook_against_netlink(kernel: FakeKernel) -> None:
+    a, b = kernel.compiler.load(req("1")), kernel.compiler.load(req("2"))
+    nl, links = kernel.netlink("node"), kernel.links("node")
+    eth0 = nl.interface("eth0")
+    link = links.create(eth0.index, a.prog_fd, "native")
+    info = links.info(link.fd)
+    assert (info.prog_id, info.ifindex) == (a.prog_id, eth0.index) and nl.read_xdp("eth0").drv_prog_id == a.prog_id
+    for call in (lambda: nl.attach("eth0", b.prog_fd, "native"),
+                 lambda: nl.attach("eth0", b.prog_fd, "native", expected_prog_fd=a.prog_fd),
+                 lambda: nl.detach("eth0", "native", expected_prog_fd=a.prog_fd)):
+        with pytest.raises(HookBusy) as busy:
+            call()
+        assert busy.value.errno == errno.EBUSY and busy.value.prog_id == a.prog_id
+    with pytest.raises(HookBusy) as other:
+        nl.attach("eth0", b.prog_fd, "generic")
+    assert other.value.errno == errno.EEXIST
+    assert bpf_errno(lambda: links.create(eth0.index, b.prog_fd, "native")) == errno.EBUSY
+    assert bpf_errno(lambda: links.create(eth0.index, b.prog_fd, "generic")) == errno.EEXIST
+    lo = nl.interface("lo")
+    assert bpf_errno(lambda: links.create(lo.index, b.prog_fd, "native")) == errno.EOPNOTSUPP
+    assert bpf_errno(lambda: links.create(eth0.index, b.prog_fd, "offload")) == errno.EINVAL   # veth cannot
+    link.close()
+    assert nl.read_xdp("eth0").attached is None        # the last reference gone: released
+
+
+def test_link_update_detach_and_defunct(kernel: FakeKernel) -> None:
+    a, b, c = (kernel.compiler.load(req(str(i))) for i in range(3))
+    nl, links = kernel.netlink("node"), kernel.links("node")
+    eth0 = nl.interface("eth0")
+    link = links.create(eth0.index, a.prog_fd, "generic")
+    links.update(link.fd, b.prog_fd, old_prog_fd=a.prog_fd)
+    assert nl.read_xdp("eth0").skb_prog_id == b.prog_id == links.info(link.fd).prog_id
+    assert bpf_errno(lambda: links.update(link.fd, c.prog_fd, old_prog_fd=a.prog_fd)) == errno.EPERM
+    other = links.open_id(links.info(link.fd).id)
+    links.detach(other.fd)                       # frees the hook while `link` still holds it
+    assert nl.read_xdp("eth0").attached is None and links.info(link.fd).ifindex == 0
+    assert bpf_errno(lambda: links.update(link.fd, c.prog_fd)) == errno.ENOLINK
+    other.close()
+    link.close()
+    kernel.compiler.release(b.key)
+    assert not kernel.prog_exists(b.prog_id)     # nothing holds it any more
+
+
+def test_link_pins_and_their_last_reference(kernel: FakeKernel) -> None:
+    a = kernel.compiler.load(req("1"))
+    nl, links, store = kernel.netlink("node"), kernel.links("node"), kernel.pin_store("/sys/fs/bpf")
+    with links.create(nl.interface("eth0").index, a.prog_fd, "native") as link:
+        pinned = store.pin_link("web", "eth0", link.fd)
+        with pytest.raises(PinError):
+            store.pin_link("web", "eth0", link.fd)
+    assert nl.read_xdp("eth0").drv_prog_id == a.prog_id            # the pin holds it
+    assert pinned.path == "/sys/fs/bpf/kube-xdp/web/links/eth0" and store.list_links() == [pinned]
+    moved = store.move_link("web", "eth0", "api")
+    assert moved.link_id == pinned.link_id and store.read_link("web", "eth0") is None
+    assert store.unpin_link("api", "eth0") and not store.unpin_link("api", "eth0")
+    assert nl.read_xdp("eth0").attached is None                    # the last reference: detached
+    with pytest.raises(PinError):
+        store.link_path("web", "..")
+
+
+def test_removed_interface_leaves_a_defunct_link(kernel: FakeKernel) -> None:
+    a = kernel.compiler.load(req("1"))
+    kernel.add_interface("eth1", netns="node")
+    links, store = kernel.links("node"), kernel.pin_store("/sys/fs/bpf")
+    with links.create(kernel.netlink("node").interface("eth1").index, a.prog_fd, "generic") as link:
+        store.pin_link("web", "eth1", link.fd)
+    kernel.remove_interface("eth1", netns="node")
+    assert store.read_link("web", "eth1").defunct and kernel.prog_exists(a.prog_id)
+    kernel.compiler.release(a.key)
+    assert kernel.prog_exists(a.prog_id)           # the defunct link still holds its program
+    assert store.unpin("web") and not kernel.prog_exists(a.prog_id)
+
+
+def test_place_runs_over_the_fake(kernel: FakeKernel) -> None:
+    """attach.place is the real code over the fake: the paths the executor's unit tests
+    will take (create, update, fallback, takeover, conflict, removal)."""
+    a, b = kernel.compiler.load(req("1")), kernel.compiler.load(req("2"))
+    node = kernel.node("node", "/sys/fs/bpf")
+
+    def fd(prog):
+        return lambda mode: node.pins.open_prog_id(prog.prog_id)
+
+    placed = place(node, program="web", interface="eth0", modes=("native", "generic"), prog_fd_for=fd(a))
+    assert (placed.mode, placed.attached_by, placed.prog_id) == ("native", "link", a.prog_id)
+    updated = place(node, program="web", interface="eth0", modes=("native",), prog_fd_for=fd(b))
+    assert (updated.link_id, updated.replaced, updated.prog_id) == (placed.link_id, a.prog_id, b.prog_id)
+    on_lo = place(node, program="web", interface="lo", modes=("native", "generic"), prog_fd_for=fd(a))
+    assert on_lo.mode == "generic" and on_lo.refused[0].errno == errno.EOPNOTSUPP
+    assert [r.where for r in attach.link_records(node)] == ["attached", "attached"]
+    assert remove(node, program="web", interface="eth0").detached_by == "link"
+    assert kernel.netlink("node").read_xdp("eth0").attached is None
+
+
+def test_place_takes_over_a_netlink_program_atomically(kernel: FakeKernel) -> None:
+    a = kernel.compiler.load(req("1"))
+    foreign = kernel.attach_foreign("eth0", "generic", netns="node")
+    node = kernel.node("node", "/sys/fs/bpf")
+    with pytest.raises(HookBusy):
+        place(node, program="web", interface="eth0", modes=("native", "generic"),
+              prog_fd_for=lambda mode: node.pins.open_prog_id(a.prog_id))
+    placed = place(node, program="web", interface="eth0", modes=("native", "generic"),
+                   prog_fd_for=lambda mode: node.pins.open_prog_id(a.prog_id), replace=foreign)
+    assert (placed.mode, placed.attached_by, placed.netlink_cause, placed.replaced) == (
+        "generic", "netlink", attach.REPLACED, foreign)
+    assert not kernel.prog_exists(foreign)

@@ -1,21 +1,25 @@
-"""The agent's kernel layer: compile/load (bcc), the XDP hook (netlink), pins (bpffs).
+"""The agent's kernel layer: compile/load (bcc), the XDP hook (bpf_link, netlink), pins (bpffs),
+interface capabilities (the netdev family).
 
-What this layer may touch: bcc/libbcc, the bpf(2) syscall, rtnetlink, bpffs. What it
-may not: the Kubernetes API, the agent's desired state, the clock beyond bounded
-retries. The control loop uses it through three factories, real (`HostKernel`) or
-in-memory (`FakeKernel`):
+What this layer may touch: bcc/libbcc, the bpf(2) syscall, rtnetlink and generic netlink,
+bpffs. What it may not: the Kubernetes API, the agent's desired state, the clock beyond
+bounded retries. The control loop uses it through factories, real (`HostKernel`) or
+in-memory (`FakeKernel`, a test double in tests/fakes/, not part of this package):
 
 - `kernel.compiler.load(CompileRequest(source, entrypoint, defines)) -> LoadedProgram`
   (cached in-process by compile key; `.release(key)`, `.key(req)`);
 - `kernel.netlink(netns) -> Netlink`: `interfaces()`, `interface(name)`,
-  `default_route_interface()`, `read_xdp(name)`, `attach(name, prog_fd, mode, *,
-  expected_prog_fd=None)`, `detach(name, mode, *, expected_prog_fd)`;
+  `default_route_interface()`, `read_xdp(name)`; `attach`/`detach` are for attach.py only;
+- `kernel.links(netns) -> XdpLinks` (link.py): bpf_link create/update/detach/info;
 - `kernel.pin_store(root) -> PinStore`: `pin_program`, `open_pinned`, `list_programs`,
-  `unpin`, `open_prog_fd`, `open_map`, path builders.
+  `unpin`, `open_prog_fd`, `open_map`, the link pins (`pin_link`, `read_link`,
+  `list_links`, `unpin_link`, `move_link`), path builders;
+- `kernel.node(netns, root) -> attach.Node`: the three above for one node. Changing a hook
+  is `attach.place` / `attach.remove` (the one ordered-attempt function), nothing else.
 
 Errors (errors.py) carry a stable `reason` from kube_xdp_api.reasons. Modules:
-errors, bpfsys (bpf(2) via ctypes), btf (entry signature), compile, netlink, bpffs,
-host, fake.
+errors, bpfsys (bpf(2) via ctypes), btf (entry signature), compile, netlink, netns, link,
+attach, netdev (xdp-features), bpffs, offload, host.
 """
 
 import importlib
@@ -25,14 +29,16 @@ from typing import TYPE_CHECKING, Any
 # worker imports kernel.compile only, and importing every submodule eagerly cost it
 # ~90 ms of pyroute2 (netlink) per build, and ~5 s under the offload lab's TCG.
 _WHERE = {
-    "bpffs": ("BPF_FS_MAGIC", "PinnedMap", "PinnedProgram", "PinStore"),
+    "attach": ("LinkRecord", "Node", "NoModeAttached", "Placement", "Refusal", "Removal", "link_records", "place",
+               "remove"),
+    "bpffs": ("BPF_FS_MAGIC", "PinnedLink", "PinnedMap", "PinnedProgram", "PinStore"),
     "bpfsys": ("BpfMap", "Fd", "MapInfo", "ProgInfo", "TestRunResult", "prog_fd_by_id", "prog_info", "prog_test_run"),
     "compile": ("CompileRequest", "Compiler", "LoadedMap", "LoadedProgram", "compile_key", "validate_defines"),
     "errors": ("AttachError", "BpfSyscallError", "CompileError", "EntrypointNotFound", "EntrypointNotXdp",
                "HeadersNotFound", "HookBusy", "InterfaceNotFound", "InvalidDefine", "KernelError", "NetnsNotFound",
                "PinError", "VerifierError"),
-    "fake": ("FakeKernel",),
     "host": ("HostKernel",),
+    "link": ("XdpLinks",),
     "netlink": ("MODES", "Interface", "Netlink", "XdpState"),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
@@ -48,7 +54,18 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:   # for type checkers and readers: the same names, eagerly
-    from .bpffs import BPF_FS_MAGIC, PinnedMap, PinnedProgram, PinStore
+    from .attach import (
+        LinkRecord,
+        Node,
+        NoModeAttached,
+        Placement,
+        Refusal,
+        Removal,
+        link_records,
+        place,
+        remove,
+    )
+    from .bpffs import BPF_FS_MAGIC, PinnedLink, PinnedMap, PinnedProgram, PinStore
     from .bpfsys import BpfMap, Fd, MapInfo, ProgInfo, TestRunResult, prog_fd_by_id, prog_info, prog_test_run
     from .compile import CompileRequest, Compiler, LoadedMap, LoadedProgram, compile_key, validate_defines
     from .errors import (
@@ -66,8 +83,8 @@ if TYPE_CHECKING:   # for type checkers and readers: the same names, eagerly
         PinError,
         VerifierError,
     )
-    from .fake import FakeKernel
     from .host import HostKernel
+    from .link import XdpLinks
     from .netlink import MODES, Interface, Netlink, XdpState
 
 __all__ = [
@@ -81,7 +98,6 @@ __all__ = [
     "Compiler",
     "EntrypointNotFound",
     "EntrypointNotXdp",
-    "FakeKernel",
     "Fd",
     "HeadersNotFound",
     "HookBusy",
@@ -91,21 +107,32 @@ __all__ = [
     "InvalidDefine",
     "KernelError",
     "LoadedMap",
+    "LinkRecord",
     "LoadedProgram",
     "MapInfo",
+    "NoModeAttached",
+    "Node",
     "Netlink",
     "NetnsNotFound",
     "PinError",
     "PinStore",
+    "PinnedLink",
     "PinnedMap",
+    "Placement",
     "PinnedProgram",
     "ProgInfo",
+    "Refusal",
+    "Removal",
     "TestRunResult",
     "VerifierError",
+    "XdpLinks",
     "XdpState",
     "compile_key",
+    "link_records",
+    "place",
     "prog_fd_by_id",
     "prog_info",
     "prog_test_run",
+    "remove",
     "validate_defines",
 ]

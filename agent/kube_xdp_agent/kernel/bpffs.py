@@ -4,11 +4,21 @@ Layout (docs/api.md):
 
     <root>/kube-xdp/<program>/<digest12>/prog          the loaded program
     <root>/kube-xdp/<program>/<digest12>/maps/<map>    its maps
+    <root>/kube-xdp/<program>/links/<interface>        its bpf_link on that interface (link.py)
 
 Every component is validated BEFORE the filesystem is touched (`fullmatch`, so no
 trailing newline slips through): `program` is a DNS label, `digest12` 12 lowercase hex
-digits, a map name a C identifier of at most 64 characters. The resolved path must
-stay under the root (a symlink planted in the bpffs cannot redirect a pin).
+digits, a map name a C identifier of at most 64 characters, an interface name what the
+API accepts (1-15 of `A-Za-z0-9_.-`, never `.` or `..`). bpffs refuses any name with a
+dot, so a link's pin name writes an interface's dots as `+` (`eth0.100` -> `eth0+100`;
+`+` is not allowed in interface names, so the mapping is one to one). The resolved path
+must stay under the root (a symlink planted in the bpffs cannot redirect a pin).
+
+A link pin sits beside the program's digests, not under one: BPF_LINK_UPDATE swaps the
+program a link holds (a new digest) while the link, and its pin, stay. One link per
+(program, interface): the program's attachment on that interface. Unpinning the whole
+program (`unpin(program)`) unpins its links too, which detaches them (asynchronously: see
+link.py; attach.remove detaches first).
 
 No half-pinned state is visible: `pin_program` pins the program and its maps inside a
 staging directory `<program>/staging-<digest12>-<random>` and renames it to
@@ -24,6 +34,7 @@ One agent process per bpffs is assumed (the sweep would remove another writer's 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import secrets
@@ -47,7 +58,10 @@ BPF_FS_MAGIC = 0xCAFE4A11
 PROGRAM_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 DIGEST12_RE = re.compile(r"[0-9a-f]{12}")
 MAP_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+INTERFACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")        # kube_xdp_api.spec.INTERFACE_NAME
+LINK_PIN_RE = re.compile(r"[A-Za-z0-9_+-]{1,15}")         # the same, dots written as '+'
 STAGING_PREFIX = "staging-"
+LINKS_DIR = "links"
 
 
 def validate_program(program: str) -> str:
@@ -66,6 +80,27 @@ def validate_map_name(name: str) -> str:
     if not isinstance(name, str) or not MAP_NAME_RE.fullmatch(name):
         raise PinError(f"map name {name!r} is not a C identifier of at most 64 characters")
     return name
+
+
+def validate_interface(name: str) -> str:
+    if not isinstance(name, str) or not INTERFACE_RE.fullmatch(name) or name in (".", ".."):
+        raise PinError(f"interface name {name!r} is not 1-15 of A-Za-z0-9_.- (and not '.' or '..')",
+                       interface=str(name))
+    return name
+
+
+def link_pin_name(interface: str) -> str:
+    """The pin name of an interface's link: its name with '.' written as '+' (bpffs
+    refuses dots)."""
+    return validate_interface(interface).replace(".", "+")
+
+
+def interface_of_pin(pin_name: str) -> str | None:
+    """The interface a link pin is named after, or None for a name no link pin has."""
+    if not LINK_PIN_RE.fullmatch(pin_name):
+        return None
+    name = pin_name.replace("+", ".")
+    return name if name not in (".", "..") else None
 
 
 class _Statfs(ctypes.Structure):  # struct statfs (x86_64): f_type first, the rest unused here
@@ -96,6 +131,29 @@ class PinnedMap:
     @property
     def id(self) -> int:
         return self.info.id
+
+
+@dataclass(frozen=True)
+class PinnedLink:
+    """A link pinned for (program, interface), as the kernel reports it (BPF_OBJ_GET_INFO_BY_FD).
+
+    `ifindex` is the link's device in that device's own namespace, 0 when the device is
+    gone or the link was detached: the link is `defunct`, holding its program while
+    nothing runs it. A live link may still sit on another device than the interface it is
+    named after (renamed, moved to another namespace): attach.link_record checks it
+    against the namespace's interfaces.
+    """
+
+    program: str
+    interface: str
+    path: str
+    link_id: int
+    prog_id: int
+    ifindex: int
+
+    @property
+    def defunct(self) -> bool:
+        return self.ifindex == 0
 
 
 @dataclass(frozen=True)
@@ -164,6 +222,12 @@ class PinStore:
 
     def map_path(self, program: str, digest12: str, map_name: str) -> str:
         return self._inside(os.path.join(self.digest_dir(program, digest12), "maps", validate_map_name(map_name)))
+
+    def links_dir(self, program: str) -> str:
+        return self._inside(os.path.join(self.program_dir(program), LINKS_DIR))
+
+    def link_path(self, program: str, interface: str) -> str:
+        return self._inside(os.path.join(self.links_dir(program), link_pin_name(interface)))
 
     # --- writing ------------------------------------------------------------------------
 
@@ -354,3 +418,119 @@ class PinStore:
         except BpfSyscallError as exc:
             raise PinError(f"cannot open pinned map {path}: {exc}", program=program, pin_path=path,
                            errno=exc.errno) from exc
+
+    # --- links ------------------------------------------------------------------------
+
+    def pin_link(self, program: str, interface: str, link_fd: int) -> PinnedLink:
+        """Pin the link behind `link_fd` as (program, interface). A pin already there is
+        never replaced: PinError (errno EEXIST); the caller drops a defunct one first."""
+        path = self.link_path(program, interface)
+        with self._lock:
+            try:
+                os.makedirs(self.links_dir(program), mode=0o700, exist_ok=True)
+                bpfsys.obj_pin(link_fd, path)
+            except (OSError, BpfSyscallError) as exc:
+                text = exc.strerror if isinstance(exc, OSError) else exc.message
+                raise PinError(f"pinning the link of {program} on {interface} failed: {text}", program=program,
+                               interface=interface, pin_path=path, errno=exc.errno) from exc
+        found = self.read_link(program, interface)
+        if found is None:
+            raise PinError(f"the link pinned at {path} vanished", program=program, interface=interface, pin_path=path)
+        return found
+
+    def read_link(self, program: str, interface: str) -> PinnedLink | None:
+        """The link pinned for (program, interface), None when there is no pin."""
+        path = self.link_path(program, interface)
+        return self._read_link(program, interface, path)
+
+    def _read_link(self, program: str, interface: str, path: str) -> PinnedLink | None:
+        try:
+            with bpfsys.obj_get(path) as fd:
+                info = bpfsys.link_info(fd.fd)
+        except BpfSyscallError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise PinError(f"cannot open pinned link {path}: {exc.message}", program=program, interface=interface,
+                           pin_path=path, errno=exc.errno) from exc
+        if info.type != bpfsys.BPF_LINK_TYPE_XDP:
+            raise PinError(f"{path} pins a link of type {info.type}, not an XDP link", program=program,
+                           interface=interface, pin_path=path)
+        return PinnedLink(program=program, interface=interface, path=path, link_id=info.id, prog_id=info.prog_id,
+                          ifindex=info.ifindex)
+
+    def list_links(self, program: str | None = None) -> list[PinnedLink]:
+        """Every pinned link (of `program`, or of every program), by program then interface;
+        names that no link pin has are ignored, as the program readers ignore them."""
+        programs = [validate_program(program)] if program is not None else sorted(self.list_program_dirs())
+        found: list[PinnedLink] = []
+        base = self._walk_base()
+        for name in programs:
+            links = self._walk(self._walk(base, name), LINKS_DIR)
+            try:
+                entries = sorted(os.listdir(links.path))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                interface = interface_of_pin(entry)
+                if interface is None:
+                    continue
+                link = self._read_link(name, interface, self._walk(links, entry).path)
+                if link is not None:
+                    found.append(link)
+        return found
+
+    def list_program_dirs(self) -> list[str]:
+        """Every program directory (a valid name), with or without a pinned digest."""
+        try:
+            return sorted(p for p in os.listdir(self.base) if PROGRAM_RE.fullmatch(p))
+        except FileNotFoundError:
+            return []
+
+    def open_link(self, program: str, interface: str) -> bpfsys.Fd:
+        """A new fd of the link pinned for (program, interface) (PinError ENOENT: none)."""
+        path = self.link_path(program, interface)
+        try:
+            return bpfsys.obj_get(path)
+        except BpfSyscallError as exc:
+            raise PinError(f"cannot open pinned link {path}: {exc.message}", program=program, interface=interface,
+                           pin_path=path, errno=exc.errno) from exc
+
+    def unpin_link(self, program: str, interface: str) -> bool:
+        """Remove the pin of (program, interface); False when there was none. The link is
+        released when nothing else holds it (which detaches it, asynchronously)."""
+        path = self.link_path(program, interface)
+        with self._lock:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise PinError(f"unpinning {path} failed: {exc.strerror}", program=program, interface=interface,
+                               pin_path=path, errno=exc.errno) from exc
+            try:
+                os.rmdir(self.links_dir(program))
+                os.rmdir(self.program_dir(program))
+            except OSError:
+                pass            # not empty: other links, or the program's digests
+        return True
+
+    def move_link(self, program: str, interface: str, to_program: str) -> PinnedLink:
+        """Rename the pin of `program`'s link on `interface` to `to_program`'s (atomic, the
+        link untouched): how a program takes over another kube-xdp program's link after
+        BPF_LINK_UPDATE put its own program in it. PinError when `to_program` already has
+        a link pinned there, or `program` has none."""
+        src, dst = self.link_path(program, interface), self.link_path(to_program, interface)
+        with self._lock:
+            try:
+                os.makedirs(self.links_dir(to_program), mode=0o700, exist_ok=True)
+                if os.path.lexists(dst):
+                    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+                os.rename(src, dst)
+            except OSError as exc:
+                raise PinError(f"moving the link pin {src} to {dst} failed: {exc.strerror}", program=program,
+                               interface=interface, pin_path=src, errno=exc.errno) from exc
+        moved = self.read_link(to_program, interface)
+        if moved is None:
+            raise PinError(f"the link pin moved to {dst} vanished", program=to_program, interface=interface,
+                           pin_path=dst)
+        return moved

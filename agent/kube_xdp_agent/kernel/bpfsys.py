@@ -1,8 +1,11 @@
 """A thin ctypes wrapper over the bpf(2) syscall, for what bcc and pyroute2 do not give.
 
-Commands: BPF_OBJ_PIN, BPF_OBJ_GET, BPF_PROG_GET_FD_BY_ID, BPF_MAP_GET_FD_BY_ID,
-BPF_BTF_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD (program, map, BTF), the map element
-commands (LOOKUP, UPDATE, DELETE, GET_NEXT_KEY) and BPF_PROG_TEST_RUN.
+Commands: BPF_PROG_LOAD (raw instructions: the probe programs), BPF_OBJ_PIN, BPF_OBJ_GET,
+BPF_PROG_GET_FD_BY_ID, BPF_MAP_GET_FD_BY_ID, BPF_BTF_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD
+(program, map, BTF, link), the map element commands (LOOKUP, UPDATE, DELETE,
+GET_NEXT_KEY), BPF_PROG_TEST_RUN, and the bpf_link commands (BPF_LINK_CREATE,
+BPF_LINK_UPDATE, BPF_LINK_DETACH, BPF_LINK_GET_FD_BY_ID, BPF_LINK_GET_NEXT_ID) that
+link.py builds XDP links on.
 
 Layouts follow `union bpf_attr` and the `bpf_*_info` structs of the kernel UAPI
 (include/uapi/linux/bpf.h). Each command passes only its own member of the union, with
@@ -40,6 +43,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
@@ -47,12 +51,18 @@ BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_BTF_GET_FD_BY_ID = 19
+BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
+BPF_LINK_GET_FD_BY_ID = 30
+BPF_LINK_GET_NEXT_ID = 31
+BPF_LINK_DETACH = 34
 
 _CMD_NAMES = {
     BPF_MAP_LOOKUP_ELEM: "BPF_MAP_LOOKUP_ELEM",
     BPF_MAP_UPDATE_ELEM: "BPF_MAP_UPDATE_ELEM",
     BPF_MAP_DELETE_ELEM: "BPF_MAP_DELETE_ELEM",
     BPF_MAP_GET_NEXT_KEY: "BPF_MAP_GET_NEXT_KEY",
+    BPF_PROG_LOAD: "BPF_PROG_LOAD",
     BPF_OBJ_PIN: "BPF_OBJ_PIN",
     BPF_OBJ_GET: "BPF_OBJ_GET",
     BPF_PROG_TEST_RUN: "BPF_PROG_TEST_RUN",
@@ -60,6 +70,11 @@ _CMD_NAMES = {
     BPF_MAP_GET_FD_BY_ID: "BPF_MAP_GET_FD_BY_ID",
     BPF_OBJ_GET_INFO_BY_FD: "BPF_OBJ_GET_INFO_BY_FD",
     BPF_BTF_GET_FD_BY_ID: "BPF_BTF_GET_FD_BY_ID",
+    BPF_LINK_CREATE: "BPF_LINK_CREATE",
+    BPF_LINK_UPDATE: "BPF_LINK_UPDATE",
+    BPF_LINK_GET_FD_BY_ID: "BPF_LINK_GET_FD_BY_ID",
+    BPF_LINK_GET_NEXT_ID: "BPF_LINK_GET_NEXT_ID",
+    BPF_LINK_DETACH: "BPF_LINK_DETACH",
 }
 
 # map update flags
@@ -84,6 +99,11 @@ PERCPU_MAP_TYPES = frozenset(
         BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE,
     }
 )
+
+# enum bpf_attach_type / bpf_link_type (the XDP ones), and BPF_LINK_UPDATE's flag
+BPF_XDP = 37
+BPF_LINK_TYPE_XDP = 6
+BPF_F_REPLACE = 1 << 2
 
 # XDP verdicts (enum xdp_action)
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
@@ -117,6 +137,40 @@ class _GetIdAttr(ctypes.Structure):  # BPF_*_GET_FD_BY_ID
 
 class _InfoAttr(ctypes.Structure):  # BPF_OBJ_GET_INFO_BY_FD
     _fields_ = [("bpf_fd", _u32), ("info_len", _u32), ("info", _u64)]
+
+
+class _ProgLoadAttr(ctypes.Structure):  # BPF_PROG_LOAD (up to expected_attach_type)
+    _fields_ = [
+        ("prog_type", _u32),
+        ("insn_cnt", _u32),
+        ("insns", _u64),
+        ("license", _u64),
+        ("log_level", _u32),
+        ("log_size", _u32),
+        ("log_buf", _u64),
+        ("kern_version", _u32),
+        ("prog_flags", _u32),
+        ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("prog_ifindex", _u32),
+        ("expected_attach_type", _u32),
+    ]
+
+
+class _LinkCreateAttr(ctypes.Structure):  # BPF_LINK_CREATE (the fields before the per-type union)
+    _fields_ = [
+        ("prog_fd", _u32),
+        ("target_ifindex", _u32),  # union with target_fd
+        ("attach_type", _u32),
+        ("flags", _u32),  # for XDP: the XDP_FLAGS_*_MODE bit, nothing else
+    ]
+
+
+class _LinkUpdateAttr(ctypes.Structure):  # BPF_LINK_UPDATE
+    _fields_ = [("link_fd", _u32), ("new_prog_fd", _u32), ("flags", _u32), ("old_prog_fd", _u32)]
+
+
+class _LinkDetachAttr(ctypes.Structure):  # BPF_LINK_DETACH
+    _fields_ = [("link_fd", _u32)]
 
 
 class _TestRunAttr(ctypes.Structure):  # BPF_PROG_TEST_RUN
@@ -215,6 +269,23 @@ class _BtfInfo(ctypes.Structure):  # struct bpf_btf_info (32 bytes)
         ("name", _u64),
         ("name_len", _u32),
         ("kernel_btf", _u32),
+    ]
+
+
+class _LinkInfo(ctypes.Structure):  # struct bpf_link_info (aligned(8)): type, id, prog_id, a per-type union
+    # The union holds __aligned_u64 members (raw_tracepoint.tp_name, cgroup.cgroup_id), so
+    # it starts at offset 16, not 12: for BPF_LINK_TYPE_XDP it is `struct { __u32 ifindex; }
+    # xdp`, the u32 at offset 16 (checked on the real kernel: tests/kernel/test_link.py).
+    # The union's other members are larger (pointers and lengths the kernel fills only when
+    # given a buffer); 64 zeroed bytes cover them, and the kernel accepts a struct longer
+    # than its own when the tail is zero (bpf_check_uarg_tail_zero).
+    _fields_ = [
+        ("type", _u32),
+        ("id", _u32),
+        ("prog_id", _u32),
+        ("_hole", _u32),
+        ("ifindex", _u32),  # union: xdp.ifindex
+        ("_union_rest", ctypes.c_uint8 * 60),
     ]
 
 
@@ -329,6 +400,66 @@ def btf_fd_by_id(btf_id: int) -> Fd:
     return Fd(_sys_bpf(BPF_BTF_GET_FD_BY_ID, _GetIdAttr(id=btf_id)))
 
 
+def link_fd_by_id(link_id: int) -> Fd:
+    """BPF_LINK_GET_FD_BY_ID (ENOENT when no link has that id)."""
+    return Fd(_sys_bpf(BPF_LINK_GET_FD_BY_ID, _GetIdAttr(id=link_id)))
+
+
+def link_ids() -> Iterator[int]:
+    """Every link id of the system, ascending (BPF_LINK_GET_NEXT_ID; links of every
+    network namespace: ids are global)."""
+    current = 0
+    while True:
+        attr = _GetIdAttr(id=current)
+        try:
+            _sys_bpf(BPF_LINK_GET_NEXT_ID, attr)
+        except BpfSyscallError as exc:
+            if exc.errno == errno_mod.ENOENT:
+                return
+            raise
+        current = attr.next_id
+        yield current
+
+
+# --- programs and links ------------------------------------------------------------------
+
+
+def prog_load(insns: bytes, *, prog_type: int = BPF_PROG_TYPE_XDP, license: str = "GPL", name: str = "",
+              ifindex: int = 0, expected_attach_type: int = 0) -> Fd:
+    """BPF_PROG_LOAD of raw instructions (8 bytes each), no BTF, no log. `ifindex` binds
+    the program to that device for offload (an index in the calling thread's network
+    namespace). bcc leaves `expected_attach_type` 0 for XDP programs; libbpf sets BPF_XDP."""
+    code = ctypes.create_string_buffer(bytes(insns), len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=_addr(code), license=_addr(lic),
+                         prog_name=name.encode()[: BPF_OBJ_NAME_LEN - 1], prog_ifindex=ifindex,
+                         expected_attach_type=expected_attach_type)
+    return Fd(_sys_bpf(BPF_PROG_LOAD, attr))
+
+
+def link_create(prog_fd: int, target_ifindex: int, attach_type: int, flags: int = 0) -> Fd:
+    """BPF_LINK_CREATE: a link of `prog_fd` to the target (for XDP: an ifindex of the calling
+    thread's network namespace, `flags` one XDP_FLAGS_*_MODE bit). The link lives while an
+    fd or a pin holds it; its last reference gone, the kernel detaches it."""
+    attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=target_ifindex, attach_type=attach_type, flags=flags)
+    return Fd(_sys_bpf(BPF_LINK_CREATE, attr))
+
+
+def link_update(link_fd: int, new_prog_fd: int, *, old_prog_fd: int | None = None) -> None:
+    """BPF_LINK_UPDATE: swap the link's program for `new_prog_fd`, atomically. With
+    `old_prog_fd` (BPF_F_REPLACE) only if the link still holds that program."""
+    attr = _LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd,
+                           flags=BPF_F_REPLACE if old_prog_fd is not None else 0,
+                           old_prog_fd=old_prog_fd if old_prog_fd is not None else 0)
+    _sys_bpf(BPF_LINK_UPDATE, attr)
+
+
+def link_detach(link_fd: int) -> None:
+    """BPF_LINK_DETACH: detach the link from its target now, whatever else holds it (other
+    fds, pins); the link object stays, defunct, until its last reference goes."""
+    _sys_bpf(BPF_LINK_DETACH, _LinkDetachAttr(link_fd=link_fd))
+
+
 # --- info -------------------------------------------------------------------------------
 
 
@@ -428,6 +559,26 @@ def btf_data(btf_id: int) -> bytes:
         info = _BtfInfo(btf=_addr(buf), btf_size=size)
         _get_info(fd.fd, info)
         return buf.raw[: info.btf_size]
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """BPF_OBJ_GET_INFO_BY_FD on a link. `ifindex` is meaningful for XDP links only: the
+    device's index in its own network namespace, 0 once the device is gone (the link is
+    then defunct: it holds the program but nothing runs it)."""
+
+    id: int
+    type: int
+    prog_id: int
+    ifindex: int
+
+
+def link_info(fd: int) -> LinkInfo:
+    """BPF_OBJ_GET_INFO_BY_FD on a link."""
+    info = _LinkInfo()
+    _get_info(fd, info)
+    return LinkInfo(id=info.id, type=info.type, prog_id=info.prog_id,
+                    ifindex=info.ifindex if info.type == BPF_LINK_TYPE_XDP else 0)
 
 
 # --- maps -------------------------------------------------------------------------------

@@ -162,7 +162,9 @@ class HookBusy(KernelError):
     """The XDP hook holds a program that is not the one we expected (EBUSY/EEXIST).
 
     `prog_id` is the id of the program found on the hook (read back after the error),
-    `attached_mode` the mode it is attached in. It is never replaced or removed.
+    `attached_mode` the mode it is attached in, `link_id` the bpf_link holding it when a
+    link does (the kernel then refuses every netlink replace or detach of it). It is never
+    replaced or removed.
     """
 
     reason = "HookBusy"
@@ -174,12 +176,14 @@ class HookBusy(KernelError):
         prog_id: int | None = None,
         attached_mode: str | None = None,
         kernel_message: str | None = None,
+        link_id: int | None = None,
         **context: Any,
     ) -> None:
         super().__init__(message, **context)
         self.prog_id = prog_id
         self.attached_mode = attached_mode
         self.kernel_message = kernel_message
+        self.link_id = link_id
 
 
 class AttachError(KernelError):

@@ -21,6 +21,10 @@ XDP hook semantics (verified on the dev kernel, see tests/kernel/test_netlink.py
 - detach = REPLACE with fd -1 and the expected fd: it removes only that program. A
   different program in that mode -> HookBusy, left in place; nothing in that mode ->
   nothing to do (idempotent), the state is returned.
+- A hook held by a bpf_link (link.py) refuses every netlink change in the link's mode:
+  attach, REPLACE and detach all fail with EBUSY ("Can't replace active BPF XDP link"),
+  whatever the expected fd -> HookBusy naming the program. Only attach.py changes hooks:
+  these two methods are its netlink path.
 - EOPNOTSUPP / EINVAL for a mode (no native XDP in the driver, offload on a device that
   cannot) -> AttachError(reason DriverModeUnsupported): the caller may fall back.
 - After every change the link is READ BACK; the returned XdpState is what the kernel
@@ -570,6 +574,14 @@ class Netlink:
             code, kmsg = exc.code, _extack(exc)
             if code == errno.ENODEV:
                 raise InterfaceNotFound(f"interface {name!r} vanished", **ctx) from exc
+            if code == errno.EBUSY:
+                state = self.read_xdp(name)
+                held = state.prog_id_for(mode)
+                raise HookBusy(
+                    f"the XDP hook holds program {held} ({mode}) through a bpf_link: the kernel refuses a "
+                    "netlink detach (link.py: BPF_LINK_DETACH)",
+                    prog_id=held, attached_mode=mode, errno=code, kernel_message=kmsg, **ctx,
+                ) from exc
             if code != errno.EEXIST:
                 raise AttachError(
                     f"detach failed: {kmsg or os.strerror(code)}", reason="DetachFailed", errno=code,

@@ -1,5 +1,6 @@
 """XDP hardware offload: the rules an offloaded program must follow, checked before trying,
-and attaching by policy (offload, then the allowed fallback modes) on one interface.
+and loading a program bound to a device. Attaching (offload first or not) is attach.place,
+the one ordered-attempt function; it takes the device-bound program this module loads.
 
 Offload in the kernel (verified on netdevsim, tests/offload/):
 - An offloaded program is loaded FOR a device (`BPF_PROG_LOAD` with `prog_ifindex`,
@@ -17,7 +18,7 @@ Offload in the kernel (verified on netdevsim, tests/offload/):
   one.
 - The interface's ifindex (and bcc's device name) is resolved in the network namespace
   of the LOADING thread: for an interface in a named namespace the load runs in a
-  thread that entered it (`in_netns`).
+  thread that entered it (`netns.in_netns`).
 
 What is checked, and where:
 1. `source_problems(source)`: cheap, from the source text, before any compile: map
@@ -39,16 +40,12 @@ attach fails with the first reason (the preferred mode's).
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import errno as errno_mod
-import os
 import re
 import struct
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from . import bpfsys
 from .compile import CompileRequest, Compiler, LoadedProgram
@@ -57,12 +54,11 @@ from .errors import (
     BpfSyscallError,
     CompileError,
     HeadersNotFound,
-    KernelError,
-    NetnsNotFound,
     ProgramNotOffloadable,
     VerifierError,
 )
-from .netlink import Netlink, XdpState
+from .netlink import Netlink
+from .netns import in_netns
 
 PROGRAM_NOT_OFFLOADABLE = "ProgramNotOffloadable"
 OFFLOAD_UNSUPPORTED = "OffloadUnsupported"
@@ -292,93 +288,19 @@ def check_loaded(prog: LoadedProgram, **context: Any) -> None:
         raise _not_offloadable(problems, **context)
 
 
-# --- namespaces and the trivial program --------------------------------------------------
+# --- the trivial program ---------------------------------------------------------------------
 
-_CLONE_NEWNET = 0x40000000
-T = TypeVar("T")
-
-
-def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
-    """Run `fn()` in a thread that entered the named network namespace (None: here).
-
-    Only that thread changes namespace (setns(2) with CLONE_NEWNET is per thread); it
-    ends when `fn` returns, so nothing else in the process is affected.
-    """
-    if netns is None:
-        return fn()
-    path = os.path.join("/run/netns", netns)
-    if "/" in netns or netns in (".", "..") or not os.path.exists(path):
-        raise NetnsNotFound(f"network namespace {netns!r} does not exist", netns=netns)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if bpfsys._libc().setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise KernelError(f"entering network namespace {netns!r} failed: {os.strerror(err)}",
-                                      netns=netns, errno=err)
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name=f"netns-{netns}", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-_BPF_PROG_LOAD = 5
 # r0 = XDP_PASS; exit
-_PASS_INSNS = struct.pack("<BBhi", 0xB7, 0, 0, bpfsys.XDP_PASS) + struct.pack("<BBhi", 0x95, 0, 0, 0)
-
-
-class _ProgLoadAttr(ctypes.Structure):  # union bpf_attr, BPF_PROG_LOAD (up to expected_attach_type)
-    _fields_ = [
-        ("prog_type", ctypes.c_uint32),
-        ("insn_cnt", ctypes.c_uint32),
-        ("insns", ctypes.c_uint64),
-        ("license", ctypes.c_uint64),
-        ("log_level", ctypes.c_uint32),
-        ("log_size", ctypes.c_uint32),
-        ("log_buf", ctypes.c_uint64),
-        ("kern_version", ctypes.c_uint32),
-        ("prog_flags", ctypes.c_uint32),
-        ("prog_name", ctypes.c_char * 16),
-        ("prog_ifindex", ctypes.c_uint32),
-        ("expected_attach_type", ctypes.c_uint32),
-    ]
+PASS_INSNS = struct.pack("<BBhi", 0xB7, 0, 0, bpfsys.XDP_PASS) + struct.pack("<BBhi", 0x95, 0, 0, 0)
 
 
 def load_pass_program(ifindex: int = 0, *, name: str = "kxdp_probe") -> bpfsys.Fd:
     """Load `return XDP_PASS` with bpf(2) (no compiler, no headers), for the host or,
     with `ifindex`, bound to that device for offload (ifindex of the calling thread's
-    namespace). Raises BpfSyscallError (cmd BPF_PROG_LOAD) with the kernel's errno."""
-    insns = ctypes.create_string_buffer(_PASS_INSNS, len(_PASS_INSNS))
-    license_ = ctypes.create_string_buffer(b"GPL")
-    attr = _ProgLoadAttr(
-        prog_type=bpfsys.BPF_PROG_TYPE_XDP,
-        insn_cnt=len(_PASS_INSNS) // 8,
-        insns=ctypes.addressof(insns),
-        license=ctypes.addressof(license_),
-        prog_name=name.encode()[:15],
-        prog_ifindex=ifindex,
-    )
-    nr = bpfsys._NR_BPF.get(os.uname().machine)
-    if nr is None:
-        raise BpfSyscallError(f"bpf(2) is wired for x86_64 only, not {os.uname().machine}", cmd="BPF_PROG_LOAD")
-    libc = bpfsys._libc()
-    ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(_BPF_PROG_LOAD), ctypes.byref(attr),
-                       ctypes.c_uint(ctypes.sizeof(attr)))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise BpfSyscallError(f"BPF_PROG_LOAD failed: {os.strerror(err)}", cmd="BPF_PROG_LOAD", errno=err)
-    return bpfsys.Fd(int(ret))
+    namespace). expected_attach_type is left 0, as bcc leaves it: a link can swap it for a
+    bcc-loaded program and back (BPF_LINK_UPDATE refuses a program whose
+    expected_attach_type differs: EINVAL). Raises BpfSyscallError (cmd BPF_PROG_LOAD)."""
+    return bpfsys.prog_load(PASS_INSNS, name=name, ifindex=ifindex)
 
 
 def bound_ifindex(prog_fd: int) -> int | None:
@@ -405,62 +327,7 @@ def device_can_offload(netlink: Netlink, interface: str) -> tuple[bool, int | No
     return True, None
 
 
-# --- attach by policy ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A mode that was tried and refused, with why."""
-
-    mode: str
-    reason: str
-    message: str
-    errno: int | None = None
-    kernel_message: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.mode}: {self.message}"
-
-
-@dataclass(frozen=True)
-class Placement:
-    """What ended up on the interface, read back from netlink.
-
-    `program` is the loaded program now attached (for offload, the one bound to the
-    interface: pin it, its maps live on the device). `reason`/`message` say why the
-    preferred mode was not used (None/"" when it was).
-    """
-
-    interface: str
-    mode: str
-    state: XdpState
-    program: LoadedProgram
-    refused: tuple[Refusal, ...] = ()
-
-    @property
-    def reason(self) -> str | None:
-        return self.refused[0].reason if self.refused else None
-
-    @property
-    def message(self) -> str:
-        if not self.refused:
-            return ""
-        return f"attached in {self.mode} mode; refused: " + "; ".join(str(r) for r in self.refused)
-
-
-class NoModeAttached(AttachError):
-    """Every allowed mode was refused. `reason` is the preferred mode's; `refused` lists all."""
-
-    def __init__(self, message: str, *, refused: tuple[Refusal, ...], **context: Any) -> None:
-        first = refused[0] if refused else None
-        super().__init__(
-            message,
-            reason=first.reason if first else "AttachFailed",
-            errno=first.errno if first else None,
-            kernel_message=first.kernel_message if first else None,
-            **context,
-        )
-        self.refused = refused
+# --- loading for a device ------------------------------------------------------------------
 
 
 def offload_request(req: CompileRequest, interface: str) -> CompileRequest:
@@ -510,56 +377,3 @@ def load_for_offload(compiler: Compiler, netlink: Netlink, interface: str, req: 
         compiler.release(prog.key)
         raise
     return prog
-
-
-def attach_with_fallback(
-    compiler: Compiler,
-    netlink: Netlink,
-    interface: str,
-    req: CompileRequest,
-    modes: tuple[str, ...],
-) -> Placement:
-    """Attach `req` on `interface` in the first of `modes` the kernel accepts.
-
-    `modes` is the preferred mode then the allowed fallbacks, in order (desired.py's
-    `modes`). Offload loads the program bound to the interface; native and generic load
-    it for the host (cached by the compiler). A refusal of a mode (ProgramNotOffloadable,
-    OffloadUnsupported, DriverModeUnsupported) moves on to the next mode; anything else
-    (compile errors, HookBusy, a missing interface) is raised at once. With every mode
-    refused: NoModeAttached, whose reason is the preferred mode's, nothing attached.
-    """
-    refused: list[Refusal] = []
-    for mode in modes:
-        dev_prog: LoadedProgram | None = None
-        try:
-            if mode == "offload":
-                prog = dev_prog = load_for_offload(compiler, netlink, interface, req)
-            else:
-                prog = compiler.load(req)
-            state = netlink.attach(interface, prog.prog_fd, mode)
-        except ProgramNotOffloadable as exc:
-            refused.append(Refusal(mode, exc.reason, exc.message + (f": {exc.output}" if exc.output else ""),
-                                   exc.errno))
-            continue
-        except AttachError as exc:
-            if dev_prog is not None:
-                compiler.release(dev_prog.key)
-            if exc.reason not in (DRIVER_MODE_UNSUPPORTED, OFFLOAD_UNSUPPORTED):
-                raise
-            reason = OFFLOAD_UNSUPPORTED if mode == "offload" else exc.reason
-            text = exc.message
-            if exc.kernel_message and exc.kernel_message not in text:
-                text += f": {exc.kernel_message}"
-            if exc.errno and not exc.kernel_message:
-                text += f" ({os.strerror(exc.errno)})"
-            refused.append(Refusal(mode, reason, text, exc.errno, exc.kernel_message))
-            continue
-        except BaseException:
-            if dev_prog is not None:
-                compiler.release(dev_prog.key)
-            raise
-        return Placement(interface, mode, state, prog, tuple(refused))
-    raise NoModeAttached(
-        f"no allowed mode attached on {interface}: " + "; ".join(str(r) for r in refused),
-        refused=tuple(refused), interface=interface, netns=netlink.netns,
-    )

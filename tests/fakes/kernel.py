@@ -1,12 +1,18 @@
 """An in-memory kernel with the same surface as the real layer, for the agent's unit tests.
 
+A test double: it lives in tests/, never in the product package. (bench/hollow.py imports
+it too, for the hollow agents of the scale benchmark: the real agent control code needs a
+kernel that behaves, and a second copy of this model in bench/ would drift from it.)
+
 `FakeKernel` hands out a compiler (`.compiler`, like `Compiler`), netlink handles
-(`.netlink(netns)`, like `Netlink`) and pin stores (`.pin_store(root)`, like
-`PinStore`), all backed by one model of kernel objects: programs with ids and
-reference counts (held by fds, pins and XDP hooks, freed when none is left), maps,
-namespaces with interfaces and their XDP hooks, and bpffs mounts. It returns the real
-data classes (LoadedProgram, XdpState, Interface, PinnedProgram) and raises the real
-errors; validation is the real code (compile.validate_request, bpffs.validate_*).
+(`.netlink(netns)`, like `Netlink`), link handles (`.links(netns)`, like `XdpLinks`), pin
+stores (`.pin_store(root)`, like `PinStore`) and `attach.Node`s (`.node(netns, root)`),
+all backed by one model of kernel objects: programs with ids and reference counts (held
+by fds, pins, XDP hooks and links, freed when none is left), maps, bpf_links (held by fds
+and pins), namespaces with interfaces and their XDP hooks, and bpffs mounts. It returns
+the real data classes (LoadedProgram, XdpState, Interface, PinnedProgram, PinnedLink,
+LinkInfo) and raises the real errors; validation is the real code
+(compile.validate_request, bpffs.validate_*), and so is attach.place, which runs over it.
 
 Each faked behaviour, and the real-kernel test (tests/kernel/) that pins it down:
 
@@ -45,9 +51,28 @@ Each faked behaviour, and the real-kernel test (tests/kernel/) that pins it down
 - a root that is not a bpffs -> PinError: test_bpffs.py::test_refuses_non_bpffs
 - path validation: real code (bpffs.validate_*), test_bpffs.py::test_bad_*,
   tests/unit/test_kernel_bpffs_paths.py
+- bpf_link (tests/kernel/test_link.py):
+  - a link create reads back as an attach in its mode, with link info (id, prog id,
+    ifindex): ::test_link_holds_the_hook_and_reads_back;
+  - netlink attach, REPLACE and detach in the link's mode -> HookBusy (EBUSY), the link
+    untouched: ::test_netlink_cannot_touch_a_link;
+  - a link create on an occupied hook -> EBUSY (same mode, a netlink program or a link),
+    EEXIST (the other of native/generic): ::test_link_create_on_an_occupied_hook;
+  - a mode the device lacks -> EOPNOTSUPP (native), EINVAL (offload):
+    ::test_link_create_in_a_mode_the_device_lacks;
+  - BPF_LINK_UPDATE swaps atomically; a wrong expected program -> EPERM:
+    ::test_link_update_is_atomic_and_checks_the_old_program;
+  - BPF_LINK_DETACH frees the hook at once while other fds hold the link, which turns
+    defunct (ifindex 0); update of a defunct link -> ENOLINK:
+    ::test_link_detach_with_another_fd_open;
+  - the last reference gone (pins and fds) detaches: ::test_unpinning_the_last_reference_detaches;
+  - the interface removed: its links turn defunct: ::test_removed_interface_leaves_a_defunct_link;
+  - link pins (pin, read, list, move, unpin; dots in interface names): test_bpffs.py::test_link_pins.
 
 Not modelled: compile time (reported as `compile_ms`, no sleep), the asynchronous hook
-release (EBUSY retry), map values written by programs, verifier logs (injected text).
+release (EBUSY retry; the fake releases a link's hook at once, the kernel ~12-15 ms
+later), map values written by programs, verifier logs (injected text), expected_attach_type,
+interfaces moved between namespaces or renamed.
 """
 
 from __future__ import annotations
@@ -66,20 +91,26 @@ from typing import Any
 
 from kube_xdp_api.names import PIN_SUBDIR
 
-from . import bpfsys
-from .bpffs import (
+from kube_xdp_agent.kernel import bpfsys
+from kube_xdp_agent.kernel.attach import Node
+from kube_xdp_agent.kernel.bpffs import (
     DIGEST12_RE,
+    LINKS_DIR,
     MAP_NAME_RE,
     PROGRAM_RE,
+    PinnedLink,
     PinnedMap,
     PinnedProgram,
+    interface_of_pin,
+    link_pin_name,
     validate_digest12,
     validate_map_name,
     validate_program,
 )
-from .compile import CompileRequest, LoadedMap, LoadedProgram, compile_key, validate_request
-from .errors import (
+from kube_xdp_agent.kernel.compile import CompileRequest, LoadedMap, LoadedProgram, compile_key, validate_request
+from kube_xdp_agent.kernel.errors import (
     AttachError,
+    BpfSyscallError,
     EntrypointNotFound,
     EntrypointNotXdp,
     HookBusy,
@@ -88,7 +119,7 @@ from .errors import (
     NetnsNotFound,
     PinError,
 )
-from .netlink import MODES, Interface, XdpState, _check_mode
+from kube_xdp_agent.kernel.netlink import MODES, Interface, XdpState, _check_mode
 
 _MAP_DECL_RE = re.compile(r"\bBPF_(HASH|ARRAY|PERCPU_ARRAY|PERCPU_HASH|LRU_HASH|LRU_PERCPU_HASH)\s*\(\s*(\w+)")
 _MAP_TYPES = {
@@ -121,6 +152,18 @@ class _Iface:
     driver: str | None
     oper_state: str
     hooks: dict[str, int] = field(default_factory=dict)  # mode -> prog id
+    links: dict[str, int] = field(default_factory=dict)  # mode -> link id, where a link holds the hook
+
+
+@dataclass
+class _Link:
+    id: int
+    prog_id: int
+    netns: str | None
+    interface: str | None        # None: defunct (detached, or its interface removed)
+    ifindex: int
+    mode: str
+    holders: set[object] = field(default_factory=set)  # fds, pin keys
 
 
 class FakeKernel:
@@ -140,13 +183,15 @@ class FakeKernel:
         self.programs: dict[int, _Prog] = {}
         self.map_values: dict[int, dict[bytes, bytes]] = {}
         self.map_infos: dict[int, bpfsys.MapInfo] = {}
-        self.fds: dict[int, tuple[str, int]] = {}  # fd -> ('prog'|'map', id)
+        self.fds: dict[int, tuple[str, int]] = {}  # fd -> ('prog'|'map'|'link', id)
+        self.bpf_links: dict[int, _Link] = {}
+        self.link_pins: dict[str, dict[tuple[str, str], int]] = {}   # bpffs root -> (program, interface) -> link id
         self.namespaces: dict[str | None, dict[str, _Iface]] = {None: {}}
         self.default_routes: dict[str | None, str] = {}
         self.bpffs: dict[str, dict[tuple[str, str], tuple[int, dict[str, int]]]] = {}
         self.load_failures: list[tuple[str, KernelError]] = []
         self.compiles = 0  # cold loads done (cache misses)
-        self._next = {"prog": 100, "map": 50, "fd": 1000, "ifindex": 1}
+        self._next = {"prog": 100, "map": 50, "fd": 1000, "ifindex": 1, "link": 10}
         self.compiler = FakeCompiler(self)
 
     # --- configuration ----------------------------------------------------------------
@@ -186,9 +231,11 @@ class FakeKernel:
         return self.netlink(netns).interface(name)
 
     def remove_interface(self, name: str, *, netns: str | None = None) -> None:
-        """Delete an interface; the kernel drops its hooks' references."""
+        """Delete an interface; the kernel drops its hooks' references, its links turn defunct."""
         with self.lock:
             iface = self.namespaces[netns].pop(name)
+            for link_id in iface.links.values():
+                self.bpf_links[link_id].interface, self.bpf_links[link_id].ifindex = None, 0
             for mode, prog_id in iface.hooks.items():
                 self._drop(prog_id, ("hook", netns, name, mode))
             if self.default_routes.get(netns) == name:
@@ -204,6 +251,7 @@ class FakeKernel:
     def mount_bpffs(self, root: str) -> None:
         with self.lock:
             self.bpffs.setdefault(os.path.normpath(root), {})
+            self.link_pins.setdefault(os.path.normpath(root), {})
 
     def fail_load(self, source_contains: str, error: KernelError) -> None:
         """Make loads whose source contains `source_contains` raise a copy of `error`."""
@@ -231,8 +279,14 @@ class FakeKernel:
     def netlink(self, netns: str | None = None) -> FakeNetlink:
         return FakeNetlink(self, netns)
 
+    def links(self, netns: str | None = None) -> FakeLinks:
+        return FakeLinks(self, netns)
+
     def pin_store(self, root: str) -> FakePinStore:
         return FakePinStore(self, root)
+
+    def node(self, netns: str | None, root: str) -> Node:
+        return Node(self.netlink(netns), self.links(netns), self.pin_store(root))
 
     # --- the model ----------------------------------------------------------------------
 
@@ -262,6 +316,34 @@ class FakeKernel:
             entry = self.fds.pop(fd, None)
             if entry and entry[0] == "prog":
                 self._drop(entry[1], ("fd", fd))
+            elif entry and entry[0] == "link":
+                self._drop_link(entry[1], ("fd", fd))
+
+    def _open_link_fd(self, link_id: int) -> int:
+        fd = self._new("fd")
+        self.fds[fd] = ("link", link_id)
+        self.bpf_links[link_id].holders.add(("fd", fd))
+        return fd
+
+    def _drop_link(self, link_id: int, holder: object) -> None:
+        """The link loses a reference; with none left it is released: detached, its program dropped."""
+        link = self.bpf_links.get(link_id)
+        if link is None:
+            return
+        link.holders.discard(holder)
+        if not link.holders:
+            self._detach_link(link)
+            del self.bpf_links[link_id]
+            self._drop(link.prog_id, ("link", link_id))
+
+    def _detach_link(self, link: _Link) -> None:
+        if link.interface is not None:
+            iface = self.namespaces.get(link.netns, {}).get(link.interface)
+            if iface is not None and iface.links.get(link.mode) == link.id:
+                del iface.links[link.mode]
+                del iface.hooks[link.mode]
+                self._drop(link.prog_id, ("hook", link.netns, link.interface, link.mode))
+        link.interface, link.ifindex = None, 0
 
     def _drop(self, prog_id: int, holder: object) -> None:
         prog = self.programs.get(prog_id)
@@ -462,6 +544,8 @@ class FakeNetlink:
                 if expected_id is None:
                     raise AttachError("attach failed: Bad file descriptor", errno=errno.EBADF, **ctx)
             current = iface.hooks.get(mode)
+            if mode in iface.links:
+                self._refuse(iface, errno.EBUSY, "Can't replace active BPF XDP link", ctx)
             if expected_prog_fd is not None and current != expected_id:
                 self._refuse(iface, errno.EEXIST, "Active program does not match expected", ctx)
             if expected_prog_fd is None and current is not None:
@@ -502,6 +586,12 @@ class FakeNetlink:
                 raise AttachError("detach failed: Bad file descriptor", reason="DetachFailed",
                                   errno=errno.EBADF, **ctx)
             current = iface.hooks.get(mode)
+            if mode in iface.links:
+                raise HookBusy(
+                    f"the XDP hook holds program {current} ({mode}) through a bpf_link: the kernel refuses a "
+                    "netlink detach", prog_id=current, attached_mode=mode, errno=errno.EBUSY,
+                    kernel_message="Can't replace active BPF XDP link", **ctx,
+                )
             if current is None:
                 return self._state(iface)
             if current != expected_id:
@@ -512,6 +602,103 @@ class FakeNetlink:
             del iface.hooks[mode]
             k._drop(current, ("hook", self.netns, name, mode))
             return self._state(iface)
+
+
+class FakeLinks:
+    """`XdpLinks` over the model: BPF_LINK_CREATE/UPDATE/DETACH, link info, with the
+    kernel's errnos (BpfSyscallError)."""
+
+    def __init__(self, kernel: FakeKernel, netns: str | None = None) -> None:
+        self._kernel = kernel
+        self.netns = netns
+
+    def _fail(self, cmd: str, code: int, **context: Any) -> BpfSyscallError:
+        return BpfSyscallError(f"{cmd} failed: {os.strerror(code)}", cmd=cmd, errno=code, netns=self.netns,
+                               **{k: v for k, v in context.items() if v is not None})
+
+    def _link_of(self, fd: int, cmd: str) -> _Link:
+        entry = self._kernel.fds.get(fd)
+        if entry is None or entry[0] != "link":
+            raise self._fail(cmd, errno.EBADF if entry is None else errno.EINVAL)
+        return self._kernel.bpf_links[entry[1]]
+
+    def create(self, ifindex: int, prog_fd: int, mode: str, *, interface: str | None = None) -> FakeFd:
+        _check_mode(mode)
+        k, cmd = self._kernel, "BPF_LINK_CREATE"
+        with k.lock:
+            prog_id = k.prog_id_of_fd(prog_fd)
+            if prog_id is None:
+                raise self._fail(cmd, errno.EBADF, interface=interface, mode=mode)
+            iface = next((i for i in k.namespaces.get(self.netns, {}).values() if i.index == ifindex), None)
+            if iface is None:
+                raise self._fail(cmd, errno.ENODEV, interface=interface, mode=mode)
+            other = {"native": "generic", "generic": "native"}.get(mode)
+            if mode in iface.hooks:
+                raise self._fail(cmd, errno.EBUSY, interface=iface.name, mode=mode)
+            if other and other in iface.hooks:
+                raise self._fail(cmd, errno.EEXIST, interface=iface.name, mode=mode)
+            if mode not in iface.modes:
+                raise self._fail(cmd, errno.EINVAL if mode == "offload" else errno.EOPNOTSUPP,
+                                 interface=iface.name, mode=mode)
+            link = _Link(id=k._new("link"), prog_id=prog_id, netns=self.netns, interface=iface.name,
+                         ifindex=iface.index, mode=mode)
+            k.bpf_links[link.id] = link
+            k.programs[prog_id].holders.update({("link", link.id), ("hook", self.netns, iface.name, mode)})
+            iface.hooks[mode], iface.links[mode] = prog_id, link.id
+            return FakeFd(k, k._open_link_fd(link.id))
+
+    def update(self, link_fd: int, new_prog_fd: int, *, old_prog_fd: int | None = None,
+               interface: str | None = None) -> None:
+        k, cmd = self._kernel, "BPF_LINK_UPDATE"
+        with k.lock:
+            link = self._link_of(link_fd, cmd)
+            new_id = k.prog_id_of_fd(new_prog_fd)
+            if new_id is None:
+                raise self._fail(cmd, errno.EBADF, interface=interface)
+            if old_prog_fd is not None and k.prog_id_of_fd(old_prog_fd) != link.prog_id:
+                raise self._fail(cmd, errno.EPERM, interface=interface)
+            if link.interface is None:
+                raise self._fail(cmd, errno.ENOLINK, interface=interface)
+            iface = k.namespaces[link.netns][link.interface]
+            hook = ("hook", link.netns, link.interface, link.mode)
+            k.programs[new_id].holders.update({("link", link.id), hook})
+            iface.hooks[link.mode] = new_id
+            old, link.prog_id = link.prog_id, new_id
+            if old != new_id:
+                k._drop(old, hook)
+                k._drop(old, ("link", link.id))
+
+    def detach(self, link_fd: int, *, interface: str | None = None) -> None:
+        with self._kernel.lock:
+            self._kernel._detach_link(self._link_of(link_fd, "BPF_LINK_DETACH"))
+
+    def info(self, link_fd: int) -> bpfsys.LinkInfo:
+        with self._kernel.lock:
+            link = self._link_of(link_fd, "BPF_OBJ_GET_INFO_BY_FD")
+            return bpfsys.LinkInfo(id=link.id, type=bpfsys.BPF_LINK_TYPE_XDP, prog_id=link.prog_id,
+                                   ifindex=link.ifindex)
+
+    def open_id(self, link_id: int) -> FakeFd:
+        with self._kernel.lock:
+            if link_id not in self._kernel.bpf_links:
+                raise self._fail("BPF_LINK_GET_FD_BY_ID", errno.ENOENT)
+            return FakeFd(self._kernel, self._kernel._open_link_fd(link_id))
+
+    def prog_id(self, prog_fd: int) -> int:
+        with self._kernel.lock:
+            prog_id = self._kernel.prog_id_of_fd(prog_fd)
+            if prog_id is None:
+                raise self._fail("BPF_OBJ_GET_INFO_BY_FD", errno.EBADF)
+            return prog_id
+
+    def xdp_links(self) -> Iterator[bpfsys.LinkInfo]:
+        with self._kernel.lock:
+            links = [bpfsys.LinkInfo(id=link.id, type=bpfsys.BPF_LINK_TYPE_XDP, prog_id=link.prog_id,
+                                     ifindex=link.ifindex) for _, link in sorted(self._kernel.bpf_links.items())]
+        return iter(links)
+
+    def holding(self, ifindex: int, prog_id: int) -> bpfsys.LinkInfo | None:
+        return next((i for i in self.xdp_links() if i.ifindex == ifindex and i.prog_id == prog_id), None)
 
 
 class FakeFd(bpfsys.Fd):
@@ -571,6 +758,7 @@ class FakePinStore:
         self.root = real
         self.base = os.path.join(real, PIN_SUBDIR)
         self._pins = kernel.bpffs[real]
+        self._links = kernel.link_pins.setdefault(real, {})
 
     def program_dir(self, program: str) -> str:
         return os.path.join(self.base, validate_program(program))
@@ -583,6 +771,12 @@ class FakePinStore:
 
     def map_path(self, program: str, digest12: str, map_name: str) -> str:
         return os.path.join(self.digest_dir(program, digest12), "maps", validate_map_name(map_name))
+
+    def links_dir(self, program: str) -> str:
+        return os.path.join(self.program_dir(program), LINKS_DIR)
+
+    def link_path(self, program: str, interface: str) -> str:
+        return os.path.join(self.links_dir(program), link_pin_name(interface))
 
     def pin_program(self, program: str, digest12: str, loaded: LoadedProgram) -> PinnedProgram:
         final = self.digest_dir(program, digest12)
@@ -631,7 +825,10 @@ class FakePinStore:
             for key in keys:
                 prog_id, _ = self._pins.pop(key)
                 k._drop(prog_id, ("pin", self.root, *key))
-            return bool(keys)
+            links = [key for key in self._links if key[0] == program] if digest12 is None else []
+            for key in links:       # the whole program directory goes, its link pins with it
+                k._drop_link(self._links.pop(key), ("linkpin", self.root, *key))
+            return bool(keys or links)
 
     def list_programs(self) -> dict[str, list[str]]:
         with self._kernel.lock:
@@ -690,3 +887,74 @@ class FakePinStore:
                 raise PinError(f"cannot open pinned map {path}: No such file or directory",
                                program=program, pin_path=path, errno=errno.ENOENT)
             return FakeBpfMap(self._kernel, pin[1][map_name])
+
+    # --- links ------------------------------------------------------------------------
+
+    def pin_link(self, program: str, interface: str, link_fd: int) -> PinnedLink:
+        path = self.link_path(program, interface)
+        k = self._kernel
+        with k.lock:
+            entry = k.fds.get(link_fd)
+            if entry is None or entry[0] != "link":
+                raise PinError(f"pinning the link of {program} on {interface} failed: Bad file descriptor",
+                               program=program, interface=interface, pin_path=path, errno=errno.EBADF)
+            if (program, interface) in self._links:
+                raise PinError(f"pinning the link of {program} on {interface} failed: File exists",
+                               program=program, interface=interface, pin_path=path, errno=errno.EEXIST)
+            k.bpf_links[entry[1]].holders.add(("linkpin", self.root, program, interface))
+            self._links[(program, interface)] = entry[1]
+            return self._read_link(program, interface)
+
+    def _read_link(self, program: str, interface: str) -> PinnedLink:
+        link = self._kernel.bpf_links[self._links[(program, interface)]]
+        return PinnedLink(program=program, interface=interface, path=self.link_path(program, interface),
+                          link_id=link.id, prog_id=link.prog_id, ifindex=link.ifindex)
+
+    def read_link(self, program: str, interface: str) -> PinnedLink | None:
+        self.link_path(program, interface)            # the real validation
+        with self._kernel.lock:
+            return self._read_link(program, interface) if (program, interface) in self._links else None
+
+    def list_links(self, program: str | None = None) -> list[PinnedLink]:
+        if program is not None:
+            validate_program(program)
+        with self._kernel.lock:
+            return [self._read_link(p, i) for p, i in sorted(self._links) if program in (None, p)
+                    and interface_of_pin(link_pin_name(i)) == i]
+
+    def list_program_dirs(self) -> list[str]:
+        with self._kernel.lock:
+            return sorted({p for p, _ in self._pins} | {p for p, _ in self._links})
+
+    def open_link(self, program: str, interface: str) -> bpfsys.Fd:
+        path = self.link_path(program, interface)
+        with self._kernel.lock:
+            link_id = self._links.get((program, interface))
+            if link_id is None:
+                raise PinError(f"cannot open pinned link {path}: No such file or directory", program=program,
+                               interface=interface, pin_path=path, errno=errno.ENOENT)
+            return FakeFd(self._kernel, self._kernel._open_link_fd(link_id))
+
+    def unpin_link(self, program: str, interface: str) -> bool:
+        self.link_path(program, interface)
+        with self._kernel.lock:
+            link_id = self._links.pop((program, interface), None)
+            if link_id is None:
+                return False
+            self._kernel._drop_link(link_id, ("linkpin", self.root, program, interface))
+            return True
+
+    def move_link(self, program: str, interface: str, to_program: str) -> PinnedLink:
+        src, dst = self.link_path(program, interface), self.link_path(to_program, interface)
+        k = self._kernel
+        with k.lock:
+            if (to_program, interface) in self._links or (program, interface) not in self._links:
+                code = errno.EEXIST if (to_program, interface) in self._links else errno.ENOENT
+                raise PinError(f"moving the link pin {src} to {dst} failed: {os.strerror(code)}", program=program,
+                               interface=interface, pin_path=src, errno=code)
+            link_id = self._links.pop((program, interface))
+            holders = k.bpf_links[link_id].holders
+            holders.discard(("linkpin", self.root, program, interface))
+            holders.add(("linkpin", self.root, to_program, interface))
+            self._links[(to_program, interface)] = link_id
+            return self._read_link(to_program, interface)
