@@ -25,12 +25,18 @@ def main(argv: list[str] | None = None) -> int:
                              "on a real node leave unset: the agent runs with hostNetwork")
     parser.add_argument("--resync", type=float, default=3.0, help="seconds between drift checks: drift is repaired within about this (default 3)")
     parser.add_argument("--no-inventory", action="store_true",
-                        help="do not publish this node's XdpNode (no mode probing on empty hooks)")
+                        help="do not publish this node's XdpNode")
+    parser.add_argument("--probe-xdp-modes", action="store_true",
+                        help="find the interfaces' XDP modes by attaching a test program to each empty hook, even "
+                             "where the kernel reports xdp-features (netdev family, 6.3+; without it the agent "
+                             "probes anyway). Attaching native XDP resets the link of many NICs (ixgbe, i40e, "
+                             "mlx5): once per interface, results kept in the XdpNode across restarts. Default off")
     parser.add_argument("--inventory-interfaces", metavar="REGEX",
                         default=os.environ.get("KUBE_XDP_INVENTORY_INTERFACES", DEFAULT_PROBE_PATTERN),
-                        help="probe the XDP modes of the interfaces whose whole name matches this Python regular "
-                             "expression (loopback never); the others are listed in the XdpNode with their modes "
-                             "unknown. Default $KUBE_XDP_INVENTORY_INTERFACES, else every name not starting with "
+                        help="when modes are probed (--probe-xdp-modes, or a kernel without xdp-features), probe "
+                             "the interfaces whose whole name matches this Python regular expression (loopback "
+                             "never); the others' modes come from xdp-features, or are unknown. Default "
+                             "$KUBE_XDP_INVENTORY_INTERFACES, else every name not starting with "
                              f"{', '.join(DEFAULT_SKIPPED_PREFIXES)} (pods' veths and overlay devices); "
                              "'' probes none")
     parser.add_argument("--verbose", action="store_true")
@@ -62,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 1
     agent = Agent(AgentConfig(node_name=args.node_name, bpffs=args.bpffs, netns=args.netns, resync=args.resync,
-                              inventory=not args.no_inventory, inventory_interfaces=args.inventory_interfaces),
+                              inventory=not args.no_inventory, inventory_interfaces=args.inventory_interfaces,
+                              probe_xdp_modes=args.probe_xdp_modes),
                   client, HostKernel())
 
     def stop(*_):

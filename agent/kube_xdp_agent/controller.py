@@ -80,6 +80,8 @@ class AgentConfig:
     # which interfaces the inventory probes for XDP modes (--inventory-interfaces, a
     # whole-name regex; loopback never)
     inventory_interfaces: str = DEFAULT_PROBE_PATTERN
+    # attach-probe modes even where the kernel reports xdp-features (--probe-xdp-modes)
+    probe_xdp_modes: bool = False
 
 
 def attachment_field_selector(node_name: str) -> str:
@@ -107,6 +109,7 @@ class Agent:
         self.builder = (kernel.builder(config.bpffs, config.netns) if hasattr(kernel, "builder")
                         else InProcessBuilder(kernel.compiler, self.pins))
         self.publisher = NodePublisher(self.custom, config.node_name, self.netlink,
+                                       probe_modes=config.probe_xdp_modes,
                                        select=interface_selector(config.inventory_interfaces)) \
             if config.inventory else None
         self.selector = attachment_field_selector(config.node_name)

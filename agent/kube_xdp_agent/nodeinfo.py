@@ -1,12 +1,15 @@
 """This node's XdpNode: the capability inventory (kernel, BTF, bcc, headers, interfaces
-with driver and probed XDP modes), created by the agent and kept current.
+with driver, xdp-features and XDP modes), created by the agent and kept current.
 
-Probing attaches a trivial XDP_PASS program to EMPTY hooks only (never an occupied one),
-once per interface (a refresh reuses earlier probes for the same interface), and runs on
-the agent's worker thread so it never races the agent's own attaches. Only interfaces
-whose name the agent's --inventory-interfaces selects are probed (by default not pods'
-veths nor overlay devices, never loopback: `inventory.interface_selector`); the others are
-listed with their driver and their modes unknown.
+The modes come from the kernel's `xdp-features` (netdev family, read without touching any
+interface). A test program is attached to interfaces only where the kernel has no netdev
+family (before 6.3), or when the operator opts in (`probe_modes`: --probe-xdp-modes,
+chart agent.probeXdpModes); then to EMPTY hooks only, only on interfaces the agent's
+--inventory-interfaces selects, once per interface: a refresh reuses earlier probes,
+and so does a restarted agent, from the XdpNode it published before
+(`inventory.previous_from_status`). So an agent restart or upgrade attaches nothing to
+any NIC. It runs on the agent's worker thread, so it never races the agent's own
+attaches.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from kubernetes.client.rest import ApiException
 from kube_xdp_api import conditions as cond
 from kube_xdp_api import names, reasons
 
-from .inventory import NodeInventory, interface_selector, probe_node
+from .inventory import PROBE_ALWAYS, PROBE_AUTO, NodeInventory, interface_selector, previous_from_status, probe_node
 from .kernel.netlink import Interface
 
 log = logging.getLogger("kube_xdp_agent.nodeinfo")
@@ -27,7 +30,7 @@ log = logging.getLogger("kube_xdp_agent.nodeinfo")
 
 def node_status(inv: NodeInventory, old: dict | None, generation: int) -> dict:
     """XdpNode status (pure): the inventory plus a Ready condition (headers present)."""
-    status = inv.to_status(extended=True)
+    status = inv.to_status()
     status["observedGeneration"] = generation
     conditions = (old or {}).get("conditions") or []
     if inv.headers.found:
@@ -42,20 +45,25 @@ def node_status(inv: NodeInventory, old: dict | None, generation: int) -> dict:
 
 
 class NodePublisher:
-    def __init__(self, custom, node_name: str, netlink, *, probe: bool = True,
+    def __init__(self, custom, node_name: str, netlink, *, probe_modes: bool = False,
                  select: Callable[[Interface], bool] | None = None):
         self.custom = custom
         self.node_name = node_name
         self.netlink = netlink
-        self.probe = probe
-        # which interfaces are probed: --inventory-interfaces (default: not pods' veths,
+        # attach-probe where the kernel reports no xdp-features (auto), or everywhere
+        # selected when the operator opted in (--probe-xdp-modes)
+        self.probe = PROBE_ALWAYS if probe_modes else PROBE_AUTO
+        # which interfaces may be probed: --inventory-interfaces (default: not pods' veths,
         # not overlay devices, never loopback)
         self.select = select if select is not None else interface_selector()
         self.inventory: NodeInventory | None = None
 
     def refresh(self) -> None:
-        self.inventory = probe_node(self.netlink, probe=self.probe, previous=self.inventory, select=self.select)
         obj = self._get_or_create()
+        previous = self.inventory
+        if previous is None:        # a (re)started agent: the probes it published before
+            previous = previous_from_status(obj.get("status"))
+        self.inventory = probe_node(self.netlink, probe=self.probe, previous=previous, select=self.select)
         status = node_status(self.inventory, obj.get("status"), int(obj["metadata"].get("generation") or 1))
         if all((obj.get("status") or {}).get(k) == v for k, v in status.items()):
             return

@@ -643,10 +643,17 @@ def node_spec_schema() -> Schema:
     )
 
 
+# The netdev family's names of the xdp-features bits (include/uapi/linux/netdev.h, enum
+# netdev_xdp_act; the agent's kernel/netdev.py reads them), and where an interface's modes
+# come from (the agent's inventory.py).
+XDP_FEATURES = ("basic", "redirect", "ndo-xmit", "xsk-zerocopy", "hw-offload", "rx-sg", "ndo-xmit-sg")
+MODES_FROM = ("xdpFeatures", "probe", "none")
+
+
 def node_status_schema() -> Schema:
     """Written by the node's agent only."""
     return _obj(
-        "What the node's agent probed.",
+        "What the node's agent found: kernel, bcc, headers, and each interface's XDP features and modes.",
         {
             "observedGeneration": _int("The metadata.generation this status describes."),
             "conditions": conditions_schema(),
@@ -660,6 +667,8 @@ def node_status_schema() -> Schema:
                     "path": _str("Where.", max_len=4096),
                 },
             ),
+            "netdevFamily": _bool("The kernel reports interfaces' xdp-features (the netdev generic-netlink "
+                                  "family, kernel 6.3+). Without it the agent finds modes by attach probing."),
             "interfaceCount": _int("Number of interfaces listed."),
             "modeSummary": _str("How many interfaces support each mode, e.g. native=3,generic=4.", max_len=128),
             "interfaces": {
@@ -672,21 +681,38 @@ def node_status_schema() -> Schema:
                     "An interface.",
                     {
                         "name": _str("The interface.", max_len=15, min_len=1),
+                        "ifindex": _int("Its index in the node's network namespace (a re-created interface "
+                                        "has a new one: its modes are probed again)."),
                         "driver": _str("The driver (ethtool -i).", max_len=64),
                         "kind": _str("The link kind (veth, bridge, ...); absent for physical NICs.", max_len=64),
-                        "probed": _bool("False when the agent's --inventory-interfaces did not select the "
-                                        "interface: its modes were not probed (all listed in unknownModes)."),
+                        "xdpFeatures": {
+                            "type": "array",
+                            "description": "The XDP features the driver reports (netdev family): basic (native "
+                                           "XDP), redirect, ndo-xmit, xsk-zerocopy, hw-offload (offload), "
+                                           "rx-sg, ndo-xmit-sg. Absent when not read (kernel before 6.3).",
+                            "maxItems": len(XDP_FEATURES),
+                            "x-kubernetes-list-type": "set",
+                            "items": _str("A feature.", enum=list(XDP_FEATURES)),
+                        },
+                        "modesFrom": _str("Where modes come from: xdpFeatures (read: generic always, native "
+                                          "with basic, offload with hw-offload), probe (a test program attached "
+                                          "and detached in each mode), none (not known: see unknownModes).",
+                                          enum=list(MODES_FROM)),
+                        "probed": _bool("True when the modes were found by attaching a test program; false when "
+                                        "the agent's --inventory-interfaces did not select the interface for "
+                                        "probing. Absent otherwise."),
                         "unknownModes": {
                             "type": "array",
-                            "description": "Modes not probed (the hook held a program at the time, or the "
-                                           "interface was not selected: see probed).",
+                            "description": "Modes not known (the hook held a program when probed, the "
+                                           "interface was not selected for probing, or nothing was read).",
                             "maxItems": len(spec.MODES),
                             "x-kubernetes-list-type": "set",
                             "items": _mode("An attach mode."),
                         },
                         "unsupported": {
                             "type": "array",
-                            "description": "Modes the kernel refused when probed, with its message.",
+                            "description": "Modes the kernel refused when probed, with its message (modesFrom: "
+                                           "probe).",
                             "maxItems": len(spec.MODES),
                             "x-kubernetes-list-type": "map",
                             "x-kubernetes-list-map-keys": ["mode"],
@@ -696,7 +722,7 @@ def node_status_schema() -> Schema:
                         },
                         "modes": {
                             "type": "array",
-                            "description": "XDP modes the driver supports (probed).",
+                            "description": "XDP modes the interface supports (see modesFrom).",
                             "maxItems": len(spec.MODES),
                             "x-kubernetes-list-type": "set",
                             "items": _mode("An attach mode."),

@@ -68,6 +68,11 @@ Each faked behaviour, and the real-kernel test (tests/kernel/) that pins it down
   - the last reference gone (pins and fds) detaches: ::test_unpinning_the_last_reference_detaches;
   - the interface removed: its links turn defunct: ::test_removed_interface_leaves_a_defunct_link;
   - link pins (pin, read, list, move, unpin; dots in interface names): test_bpffs.py::test_link_pins.
+- xdp-features (netdev family): native <-> basic, none on lo, from the modes an interface
+  was made with; None for a kernel without the family (netdev_family=False):
+  tests/kernel/test_netdev.py::test_features_of_a_namespaces_devices,
+  ::test_the_features_say_what_the_kernel_then_does; the 6.1 lab guest (no family):
+  tests/offload/guest_inventory.py::test_a_kernel_without_the_netdev_family_is_probed.
 
 Not modelled: compile time (reported as `compile_ms`, no sleep), the asynchronous hook
 release (EBUSY retry; the fake releases a link's hook at once, the kernel ~12-15 ms
@@ -119,6 +124,7 @@ from kube_xdp_agent.kernel.errors import (
     NetnsNotFound,
     PinError,
 )
+from kube_xdp_agent.kernel.netdev import DeviceFeatures, features_of
 from kube_xdp_agent.kernel.netlink import MODES, Interface, XdpState, _check_mode
 
 _MAP_DECL_RE = re.compile(r"\bBPF_(HASH|ARRAY|PERCPU_ARRAY|PERCPU_HASH|LRU_HASH|LRU_PERCPU_HASH)\s*\(\s*(\w+)")
@@ -175,8 +181,10 @@ class FakeKernel:
         kernel_release: str = "6.18.0-fake",
         bcc_version: str = "0.26.0",
         compile_ms: float = 1000.0,
+        netdev_family: bool = True,
     ) -> None:
         self.kernel_release = kernel_release
+        self.netdev_family = netdev_family        # False: a kernel before 6.3 (no xdp-features)
         self.bcc_version = bcc_version
         self.compile_ms = compile_ms
         self.lock = threading.RLock()
@@ -529,6 +537,18 @@ class FakeNetlink:
         with self._kernel.lock:
             return self._kernel.default_routes.get(self.netns)
 
+    def xdp_features(self) -> dict[int, DeviceFeatures] | None:
+        """As the netdev family reports them, from the modes each interface was made with:
+        native -> basic (+ redirect, rx-sg, as veth says), offload -> hw-offload."""
+        with self._kernel.lock:
+            if not self._kernel.netdev_family:
+                return None
+            found = {}
+            for iface in self._kernel.namespaces[self.netns].values():
+                mask = (1 | 2 | 32 if "native" in iface.modes else 0) | (16 if "offload" in iface.modes else 0)
+                found[iface.index] = DeviceFeatures(iface.index, mask, features_of(mask))
+            return found
+
     def attach(self, name: str, prog_fd: int, mode: str, *, expected_prog_fd: int | None = None) -> XdpState:
         _check_mode(mode)
         k = self._kernel
@@ -690,6 +710,12 @@ class FakeLinks:
             if prog_id is None:
                 raise self._fail("BPF_OBJ_GET_INFO_BY_FD", errno.EBADF)
             return prog_id
+
+    def open_prog(self, prog_id: int) -> FakeFd:
+        with self._kernel.lock:
+            if prog_id not in self._kernel.programs:
+                raise self._fail("BPF_PROG_GET_FD_BY_ID", errno.ENOENT)
+            return FakeFd(self._kernel, self._kernel._open_fd("prog", prog_id))
 
     def xdp_links(self) -> Iterator[bpfsys.LinkInfo]:
         with self._kernel.lock:

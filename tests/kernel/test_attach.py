@@ -275,7 +275,7 @@ def test_an_unpinned_link_for_a_probe(node, netns_pair, pass_progs) -> None:
     placed = place(node, program="probe", interface=netns_pair.ns_if, modes=("native",),
                    prog_fd_for=fd_of(pass_progs[0]), pin=False)
     assert placed.held is not None and placed.attached_by == "link" and node.pins.list_links() == []
-    attach.remove_held(node, placed)
+    attach.remove_held(node, placed, prog_fd=pass_progs[0].prog_fd)
     assert placed.held.closed and iproute_xdp(netns_pair.ns, netns_pair.ns_if) == (None, None)
 
 

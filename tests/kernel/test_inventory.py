@@ -1,11 +1,14 @@
-"""Node inventory on the real kernel: modes probed by attaching, in a named namespace.
+"""Node inventory on the real kernel, in a named namespace: modes read from xdp-features
+(the default), or probed by attaching (probe="always": the operator's opt-in; "auto" on a
+kernel without the netdev family, which the offload lab's 6.1 guest checks).
 
 veth supports native and generic XDP, and refuses offload (a program cannot even be
-loaded bound to it: EINVAL); lo supports generic only (native: EOPNOTSUPP). A hook that
-holds a program is never probed. Every result is checked against iproute2's view of the
-hook afterwards: a probe must leave nothing behind. The agent's selection of interfaces
-(--inventory-interfaces: not pods' veths, overlay devices or loopback) is checked against
-the kernel's own link notifications: an interface not selected sees no XDP attach.
+loaded bound to it: EINVAL); lo supports generic only (native: EOPNOTSUPP): the features
+say so, and so do the probes. A hook that holds a program is never probed. Every result
+is checked against iproute2's view of the hook afterwards: a probe must leave nothing
+behind. What the kernel notifies is recorded: an agent restart changes no link state on
+any interface (no RTM_NEWLINK at all), and an interface not selected for probing sees no
+XDP attach.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import errno
 import json
 import os
 import queue
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -33,7 +38,10 @@ from kube_xdp_agent.inventory import (
     probe_interface,
     probe_node,
 )
-from kube_xdp_agent.kernel import Netlink
+from kube_xdp_agent.kernel import Netlink, XdpLinks
+from kube_xdp_agent.kernel.errors import BpfSyscallError
+from kube_xdp_agent.kernel.netlink import RTM_NEWLINK, decode_link, rtattrs, split_dump
+from kube_xdp_agent.nodeinfo import NodePublisher
 
 from .conftest import PREFIX, _counter, run
 
@@ -46,9 +54,25 @@ def hook(netns: str, ifname: str) -> dict[str, Any] | None:
     return json.loads(out)[0].get("xdp")
 
 
-def test_probe_node_in_a_namespace(netns_pair) -> None:
+def test_modes_read_from_xdp_features(netns_pair) -> None:
+    """The default: the modes of every interface from xdp-features; nothing attached."""
     with Netlink(netns_pair.ns) as nl:
+        calls = []
+        real_attach = nl.attach
+        nl.attach = lambda *a, **k: calls.append(a) or real_attach(*a, **k)  # type: ignore[method-assign]
         inv = probe_node(nl)
+    assert calls == [] and inv.netdev_family is True
+    veth, lo = inv.interface(netns_pair.ns_if), inv.interface("lo")
+    assert veth.source == "xdpFeatures" and veth.modes == ("native", "generic") and "basic" in veth.features
+    assert lo.source == "xdpFeatures" and lo.modes == ("generic",) and lo.features == ()
+    assert veth.probes == () and veth.unknown_modes == ()
+    assert hook(netns_pair.ns, netns_pair.ns_if) is None and hook(netns_pair.ns, "lo") is None
+
+
+def test_probe_node_in_a_namespace(netns_pair) -> None:
+    """Opt-in probing: the kernel's answers agree with what xdp-features said."""
+    with Netlink(netns_pair.ns) as nl:
+        inv = probe_node(nl, probe="always")
     assert inv.kernel_release == os.uname().release
     assert inv.btf == os.path.exists("/sys/kernel/btf/vmlinux")
     assert inv.bcc_version and inv.bcc_version[0].isdigit()
@@ -93,13 +117,13 @@ def test_occupied_hook_is_never_probed(netns_pair, pass_progs) -> None:
 def test_refresh_reuses_probes_and_rereads_attached(netns_pair, pass_progs) -> None:
     prog = pass_progs[1]
     with Netlink(netns_pair.ns) as nl:
-        first = probe_node(nl)
+        first = probe_node(nl, probe="always")
         nl.attach(netns_pair.ns_if, prog.prog_fd, "native")
         try:
             calls = []
             real_attach = nl.attach
             nl.attach = lambda *a, **k: calls.append(a) or real_attach(*a, **k)  # type: ignore[method-assign]
-            again = probe_node(nl, previous=first)
+            again = probe_node(nl, probe="always", previous=first)
             assert calls == []
             veth = again.interface(netns_pair.ns_if)
             assert veth.modes == ("native", "generic")  # from the earlier probe
@@ -108,11 +132,13 @@ def test_refresh_reuses_probes_and_rereads_attached(netns_pair, pass_progs) -> N
             nl.detach(netns_pair.ns_if, "native", expected_prog_fd=prog.prog_fd)
 
 
-def test_probe_false_reads_only(netns_pair) -> None:
+def test_probe_never_reads_only(netns_pair) -> None:
+    """probe="never" on a kernel whose features cannot be read: modes unknown, nothing attached."""
     with Netlink(netns_pair.ns) as nl:
-        inv = probe_node(nl, probe=False)
+        inv = probe_node(nl, probe="never", features=lambda _nl: ({}, None))
     veth = inv.interface(netns_pair.ns_if)
     assert veth.modes == () and set(veth.unknown_modes) == {"offload", "native", "generic"}
+    assert veth.source == "none"
 
 
 def test_select_limits_what_is_probed(netns_pair) -> None:
@@ -120,10 +146,11 @@ def test_select_limits_what_is_probed(netns_pair) -> None:
         calls = []
         real_attach = nl.attach
         nl.attach = lambda *a, **k: calls.append(a[0]) or real_attach(*a, **k)  # type: ignore[method-assign]
-        inv = probe_node(nl, select=lambda i: i.name == "lo")
+        inv = probe_node(nl, probe="always", select=lambda i: i.name == "lo")
     assert set(calls) == {"lo"}
-    assert inv.interface("lo").modes == ("generic",)
-    assert inv.interface(netns_pair.ns_if).modes == () and len(inv.interface(netns_pair.ns_if).unknown_modes) == 3
+    assert inv.interface("lo").modes == ("generic",) and inv.interface("lo").source == "probe"
+    veth = inv.interface(netns_pair.ns_if)        # not probed: its modes as the features say
+    assert veth.source == "xdpFeatures" and not veth.probed and veth.modes == ("native", "generic")
 
 
 # -- the agent's selection, seen by the kernel --------------------------------------------------
@@ -224,16 +251,56 @@ class LinkMonitor:
         return [line for line in self.lines if line.split(":", 2)[1].strip().split("@")[0] == name]
 
 
-def test_unselected_interfaces_see_no_xdp_attach(pod_node) -> None:
-    """The agent's default selection on a node with pods: the NIC is probed (the kernel
-    notifies its XDP attaches); the pods' veths, the CNI bridge and lo are listed but the
-    kernel never reports an XDP attach or any other change on them."""
+class RecordedLinks(XdpLinks):
+    """The real XdpLinks, each link create recorded (the interface's name)."""
+
+    created: list[str] = []
+
+    def create(self, ifindex, prog_fd, mode, *, interface=None):
+        RecordedLinks.created.append(interface)
+        return super().create(ifindex, prog_fd, mode, interface=interface)
+
+
+class NetlinkOnlyLinks(RecordedLinks):
+    """Links refused as a kernel before 5.9 refuses them (EINVAL): attach.place attaches
+    through netlink, which the kernel notifies (RTM_NEWLINK), a link attach not."""
+
+    def create(self, ifindex, prog_fd, mode, *, interface=None):
+        RecordedLinks.created.append(interface)
+        raise BpfSyscallError("BPF_LINK_CREATE failed: Invalid argument", cmd="BPF_LINK_CREATE", errno=errno.EINVAL)
+
+
+def test_a_link_attach_is_not_notified_a_netlink_one_is(netns_pair, pass_progs) -> None:
+    """Why the tests below record the agent's attach calls too: an XDP attach through a
+    bpf_link sends no RTM_NEWLINK (dev_xdp_attach_link does not notify); a netlink attach
+    does (do_setlink)."""
+    prog = pass_progs[0]
+    run("ip", "-n", netns_pair.ns, "link", "add", "kxmark0", "type", "bridge")
+    with Netlink(netns_pair.ns) as nl:
+        index = nl.interface(netns_pair.ns_if).index
+        with LinkMonitor(netns_pair.ns, "kxmark0") as by_link:
+            with XdpLinks(netns_pair.ns).create(index, prog.prog_fd, "generic") as link:
+                XdpLinks(netns_pair.ns).detach(link.fd)
+        with LinkMonitor(netns_pair.ns, "kxmark0") as by_netlink:
+            nl.attach(netns_pair.ns_if, prog.prog_fd, "generic")
+            nl.detach(netns_pair.ns_if, "generic", expected_prog_fd=prog.prog_fd)
+    assert by_link.about(netns_pair.ns_if) == []
+    assert any(" xdpgeneric/id:" in line for line in by_netlink.about(netns_pair.ns_if))
+
+
+def test_unselected_interfaces_see_no_xdp_attach(pod_node, monkeypatch) -> None:
+    """Opt-in probing with the agent's default selection on a node with pods, attaching
+    through netlink so that the kernel notifies every attach: the NIC is probed; the pods'
+    veths, the CNI bridge and lo are listed (their modes from xdp-features) but the kernel
+    never reports an XDP attach or any other change on them."""
     attaches: list[str] = []
+    RecordedLinks.created = []
+    monkeypatch.setattr(inventory, "XdpLinks", NetlinkOnlyLinks)
     with Netlink(pod_node) as nl:
         real_attach = nl.attach
         nl.attach = lambda *a, **k: attaches.append(a[0]) or real_attach(*a, **k)  # type: ignore[method-assign]
         with LinkMonitor(pod_node, "docker0") as mon:
-            inv = probe_node(nl, select=interface_selector())
+            inv = probe_node(nl, probe="always", select=interface_selector())
     # The recording works: eth0's generic and native probes, attach and detach, were notified.
     nic = mon.about("eth0")
     assert any(" xdpgeneric/id:" in line for line in nic) and any(" xdp/id:" in line for line in nic), nic
@@ -241,13 +308,150 @@ def test_unselected_interfaces_see_no_xdp_attach(pod_node) -> None:
     for name in ("vethab12cd34", "cali0123abcd", "cni0", "lo"):
         assert mon.about(name) == [], f"{name} is not selected, yet the kernel reported: {mon.about(name)}"
         listed = inv.interface(name)
-        assert listed is not None and not listed.probed
-        assert listed.unknown_modes == ("offload", "native", "generic")
+        assert listed is not None and not listed.probed and listed.source == "xdpFeatures"
         assert {p.detail for p in listed.probes} == {NOT_SELECTED}
-    assert set(attaches) == {"eth0"}                   # the agent's side agrees
+    assert set(RecordedLinks.created) == set(attaches) == {"eth0"}     # the agent's side agrees
     assert inv.interface("vethab12cd34").driver == "veth" and inv.interface("cni0").driver == "bridge"
     for name in ("eth0", "vethab12cd34", "cali0123abcd", "cni0", "lo"):
         assert hook(pod_node, name) is None
+
+
+# -- an agent restart, as the kernel sees it -------------------------------------------------------
+
+
+IFLA_CARRIER, IFLA_CARRIER_CHANGES = 33, 35
+RTMGRP_LINK = 1
+
+
+class RtnlRecorder:
+    """Every RTM_NEWLINK the kernel multicasts about a namespace's interfaces (RTMGRP_LINK),
+    decoded: interface, ifi_flags, ifi_change (the flags that changed), IFLA_CARRIER and
+    IFLA_CARRIER_CHANGES; between two marks (an MTU change on `marker`, as LinkMonitor)."""
+
+    START_MTU, END_MTU = 1310, 1311
+
+    def __init__(self, netns: str, marker: str) -> None:
+        from pyroute2.netns import create_socket
+
+        self.netns, self.marker = netns, marker
+        self.sock = create_socket(netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE, flags=0)
+        self.sock.bind((0, RTMGRP_LINK))
+        self.sock.settimeout(10)
+        self.events: list[dict[str, Any]] = []
+
+    def _until_mark(self, mtu: int) -> list[dict[str, Any]]:
+        run("ip", "-n", self.netns, "link", "set", "dev", self.marker, "mtu", str(mtu))
+        seen = []
+        while True:
+            data = self.sock.recv(1 << 16)
+            for kind, payload in split_dump(data, 0).payloads:
+                if kind != RTM_NEWLINK:
+                    continue
+                link = decode_link(payload)
+                _family, _type, _index, flags, change = struct.unpack_from("=BxHiII", payload)
+                attrs = rtattrs(payload, 16)
+                carrier = attrs.get(IFLA_CARRIER)
+                changes = attrs.get(IFLA_CARRIER_CHANGES)
+                event = {"name": link.name, "flags": flags, "change": change,
+                         "carrier": carrier[0] if carrier is not None else None,
+                         "carrier_changes": struct.unpack_from("=I", changes)[0] if changes is not None else None,
+                         "xdp": link.xdp.attached}
+                if link.name == self.marker and self._mtu(payload) == mtu:
+                    return seen
+                seen.append(event)
+
+    @staticmethod
+    def _mtu(payload) -> int | None:
+        raw = rtattrs(payload, 16).get(4)            # IFLA_MTU
+        return struct.unpack_from("=I", raw)[0] if raw is not None else None
+
+    def __enter__(self) -> RtnlRecorder:
+        self._until_mark(self.START_MTU)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.events = self._until_mark(self.END_MTU)
+        finally:
+            self.sock.close()
+
+    def state_changes(self) -> list[dict[str, Any]]:
+        """The notifications with a flags or carrier change."""
+        return [e for e in self.events if e["change"] or e["carrier"] is not None and e["carrier"] != 1]
+
+
+def carrier_changes(netns: str) -> dict[str, int]:
+    out = subprocess.run(["ip", "-j", "-d", "-n", netns, "link", "show"], check=True, capture_output=True,
+                         text=True).stdout
+    return {link["ifname"]: link.get("carrier_changes", 0) for link in json.loads(out)}
+
+
+class XdpNodes:
+    """The agent's XdpNode calls (get, create, status patch), in memory: what a restarted
+    agent reads back is what it published."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+
+    def get_cluster_custom_object(self, group, version, plural, name):
+        from kubernetes.client.rest import ApiException
+
+        if name not in self.objects:
+            raise ApiException(status=404)
+        return json.loads(json.dumps(self.objects[name]))
+
+    def create_cluster_custom_object(self, group, version, plural, body):
+        self.objects[body["metadata"]["name"]] = {**body, "metadata": {**body["metadata"], "generation": 1}}
+        return self.get_cluster_custom_object(group, version, plural, body["metadata"]["name"])
+
+    def patch_cluster_custom_object_status(self, group, version, plural, name, body):
+        self.objects[name]["status"] = body["status"]
+
+
+@pytest.mark.parametrize("probe_modes", [False, True], ids=["xdp-features", "probe-opt-in"])
+def test_an_agent_restart_changes_no_link_state(pod_node, monkeypatch, probe_modes: bool) -> None:
+    """An agent (re)start as the kernel sees it: the XdpNode published, then the agent
+    restarted (a new publisher reading its XdpNode back). Recorded: the kernel's RTM_NEWLINK
+    notifications on every interface (flags, carrier), and, since an attach through a
+    link is not notified (test above), every attach the agent makes (netlink or link).
+    Default (xdp-features): nothing at the first start or the restart. With probing opted
+    in, the first start probes eth0, the restart nothing: the probes are reused from the
+    XdpNode. Before (the agent of 2026-11: netlink probes on every start, no reuse across
+    restarts), each restart sent the first start's notifications again: `old_way`."""
+    api = XdpNodes()
+    nics = ("eth0", "vethab12cd34", "cali0123abcd", "cni0", "lo")
+    RecordedLinks.created = []
+    monkeypatch.setattr(inventory, "XdpLinks", RecordedLinks)
+    before = carrier_changes(pod_node)
+    with Netlink(pod_node) as nl:
+        netlink_attaches: list[str] = []
+        real_attach = nl.attach
+        nl.attach = lambda *a, **k: netlink_attaches.append(a[0]) or real_attach(*a, **k)  # type: ignore[method-assign]
+        with RtnlRecorder(pod_node, "docker0") as first:
+            NodePublisher(api, "node-a", nl, probe_modes=probe_modes).refresh()
+        first_attaches = RecordedLinks.created + netlink_attaches
+        RecordedLinks.created, netlink_attaches[:] = [], []
+        with RtnlRecorder(pod_node, "docker0") as restart:
+            NodePublisher(api, "node-a", nl, probe_modes=probe_modes).refresh()
+        restart_attaches = RecordedLinks.created + netlink_attaches
+        monkeypatch.setattr(inventory, "XdpLinks", NetlinkOnlyLinks)
+        with RtnlRecorder(pod_node, "docker0") as old_way:      # what every start did before: netlink probes
+            probe_node(nl, probe="always", select=interface_selector())
+    about = lambda rec: [e for e in rec.events if e["name"] in nics]   # noqa: E731
+    print(f"{'probe opt-in' if probe_modes else 'xdp-features'}: first start {len(first_attaches)} attach(es), "
+          f"{len(about(first))} RTM_NEWLINK ({len(first.state_changes())} with a flags/carrier change); restart "
+          f"{len(restart_attaches)} attach(es), {len(about(restart))} RTM_NEWLINK ({len(restart.state_changes())}); "
+          f"the old agent's start: {len(about(old_way))} RTM_NEWLINK ({len(old_way.state_changes())})")
+    assert restart_attaches == [] and about(restart) == [] and restart.state_changes() == []
+    assert carrier_changes(pod_node) == before
+    assert set(first_attaches) == ({"eth0"} if probe_modes else set())
+    assert about(first) == [] and first.state_changes() == []       # (link probes are not notified)
+    assert {e["name"] for e in about(old_way)} == {"eth0"}         # the recorder does see netlink probes
+    status = api.objects["node-a"]["status"]
+    eth0 = next(i for i in status["interfaces"] if i["name"] == "eth0")
+    assert eth0["modes"] == ["native", "generic"]
+    assert eth0["modesFrom"] == ("probe" if probe_modes else "xdpFeatures")
 
 
 def test_headers_lookup(tmp_path) -> None:
@@ -282,21 +486,28 @@ def _undeclared(sch: dict[str, Any], value: Any, path: str = "status") -> list[s
     return bad
 
 
-def test_status_fits_the_xdpnode_schema(netns_pair) -> None:
+@pytest.mark.parametrize("probe", ["auto", "always"])
+def test_status_fits_the_xdpnode_schema(netns_pair, probe: str) -> None:
     schema = pytest.importorskip("kube_xdp_api.schema")
     with Netlink(netns_pair.ns) as nl:
-        inv = probe_node(nl)
+        inv = probe_node(nl, probe=probe)
+        index = nl.interface(netns_pair.ns_if).index
     status = inv.to_status()
     assert _undeclared(schema.node_status_schema(), status) == []
-    assert status["interfaceCount"] == 2
+    assert status["interfaceCount"] == 2 and status["netdevFamily"] is True
     by_name = {i["name"]: i for i in status["interfaces"]}
-    assert by_name[netns_pair.ns_if] == {"name": netns_pair.ns_if, "driver": "veth",
-                                         "modes": ["native", "generic"], "attached": []}
-    extended = inv.to_status(extended=True)
-    assert {i["name"]: i["unknownModes"] for i in extended["interfaces"]} == {"lo": [], netns_pair.ns_if: []}
-    veth = next(i for i in extended["interfaces"] if i["name"] == netns_pair.ns_if)
-    assert veth["kind"] == "veth" and [u["mode"] for u in veth["unsupported"]] == ["offload"]
-    assert extended["modeSummary"] == "native=1,generic=2" == inv.mode_summary()
+    veth = by_name[netns_pair.ns_if]
+    assert {k: veth[k] for k in ("name", "ifindex", "driver", "kind", "modes", "attached", "unknownModes")} == {
+        "name": netns_pair.ns_if, "ifindex": index, "driver": "veth", "kind": "veth", "modes": ["native", "generic"],
+        "attached": [], "unknownModes": []}
+    assert {"basic", "redirect", "rx-sg"} <= set(veth["xdpFeatures"])
+    if probe == "always":
+        assert veth["modesFrom"] == "probe" and veth["probed"] is True
+        assert [u["mode"] for u in veth["unsupported"]] == ["offload"]
+    else:
+        assert veth["modesFrom"] == "xdpFeatures" and "probed" not in veth and veth["unsupported"] == []
+    assert {i["name"]: i["unknownModes"] for i in status["interfaces"]} == {"lo": [], netns_pair.ns_if: []}
+    assert status["modeSummary"] == "native=1,generic=2" == inv.mode_summary()
 
 
 def test_probe_results_are_what_the_kernel_says() -> None:

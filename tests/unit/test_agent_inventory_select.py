@@ -1,8 +1,12 @@
-"""Which interfaces the agent probes for its XdpNode (--inventory-interfaces).
+"""Where the XdpNode's modes come from, and which interfaces the agent probes
+(--probe-xdp-modes, --inventory-interfaces).
 
-Selection is by name (the rig's simulated NICs are veths named eth0, hp0...): pods' veths
+By default the modes are READ (xdp-features, netdev family): nothing is attached anywhere.
+Probing happens on a kernel without the family, or on the operator's opt-in; then
+selection is by name (the rig's simulated NICs are veths named eth0, hp0...): pods' veths
 and overlay devices are skipped by default, loopback always; an interface not selected is
-listed with its driver and its modes unknown, and nothing is loaded or attached for it.
+listed with its driver and its modes unknown (or read), and nothing is loaded or
+attached for it. Probe results survive a restart through the published XdpNode.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from kube_xdp_agent.inventory import (
     SUPPORTED,
     UNKNOWN,
     interface_selector,
+    previous_from_status,
     probe_node,
 )
 from tests.fakes import FakeKernel
@@ -89,11 +94,11 @@ def test_invalid_pattern_is_a_clear_error() -> None:
 # -- probe_node with a selection, on the in-memory kernel -------------------------------------
 
 
-@pytest.fixture
-def node(monkeypatch):
+def make_node(monkeypatch, *, netdev_family: bool):
     """A fake node (eth0 native+generic, a pod's veth, cni0, lo) whose probe loads and
-    attaches are recorded: (what, interface or ifindex, mode)."""
-    kernel = FakeKernel()
+    attaches are recorded: (what, interface or ifindex, mode). Probes attach by link (or
+    netlink): both are recorded."""
+    kernel = FakeKernel(netdev_family=netdev_family)
     kernel.add_interface("lo", kind=None, driver=None, modes=("generic",))
     kernel.add_interface("eth0", kind="veth", driver="veth", default_route=True)
     kernel.add_interface("vethab12cd", kind="veth", driver="veth")
@@ -114,7 +119,34 @@ def node(monkeypatch):
         return real_attach(name, fd, mode, **kw)
 
     nl.attach = attach  # type: ignore[method-assign]
+    real_links = kernel.links
+
+    def links(netns=None):
+        handle = real_links(netns)
+        real_create = handle.create
+
+        def create(ifindex, prog_fd, mode, *, interface=None):
+            calls.append(("attach", interface, mode))
+            return real_create(ifindex, prog_fd, mode, interface=interface)
+
+        handle.create = create  # type: ignore[method-assign]
+        return handle
+
+    kernel.links = links  # type: ignore[method-assign]
+    monkeypatch.setattr(inventory, "XdpLinks", lambda netns=None: kernel.links(netns))
     return kernel, nl, calls
+
+
+@pytest.fixture
+def node(monkeypatch):
+    """A node whose kernel has no netdev family (before 6.3): the agent probes."""
+    return make_node(monkeypatch, netdev_family=False)
+
+
+@pytest.fixture
+def features_node(monkeypatch):
+    """A node whose kernel reports xdp-features."""
+    return make_node(monkeypatch, netdev_family=True)
 
 
 def test_unselected_interfaces_are_listed_but_never_touched(node) -> None:
@@ -135,28 +167,20 @@ def test_unselected_interfaces_are_listed_but_never_touched(node) -> None:
     assert all(i.xdp.attached is None for i in nl.interfaces())
 
 
-def test_unselected_interfaces_in_the_status(node, monkeypatch) -> None:
+def test_unselected_interfaces_in_the_status(node) -> None:
     kernel, nl, _ = node
     inv = probe_node(nl, select=interface_selector("eth0"), env={})
-    status = inv.to_status(extended=True)
+    status = inv.to_status()
     by_name = {i["name"]: i for i in status["interfaces"]}
-    assert status["interfaceCount"] == 4
+    assert status["interfaceCount"] == 4 and status["netdevFamily"] is False
     assert by_name["vethab12cd"]["driver"] == "veth" and by_name["vethab12cd"]["modes"] == []
     assert by_name["vethab12cd"]["unknownModes"] == ["offload", "native", "generic"]
+    assert by_name["vethab12cd"]["probed"] is False and by_name["lo"]["probed"] is False
+    assert by_name["vethab12cd"]["modesFrom"] == "none" and "xdpFeatures" not in by_name["vethab12cd"]
     assert by_name["eth0"]["unknownModes"] == [] and by_name["eth0"]["modes"] == ["native", "generic"]
+    assert by_name["eth0"]["probed"] is True and by_name["eth0"]["modesFrom"] == "probe"
+    assert by_name["eth0"]["ifindex"] == nl.interface("eth0").index
     assert status["modeSummary"] == "native=1,generic=1"
-    # `probed: false` is written only once the XdpNode schema declares it (an undeclared
-    # field is pruned by the API server, and the agent would rewrite the status each refresh).
-    declared = inventory._declared_interface_fields()
-    assert ("probed" in by_name["vethab12cd"]) == ("probed" in declared)
-    assert all("probed" not in i for i in status["interfaces"] if i["name"] == "eth0")
-    monkeypatch.setattr(inventory, "_declared_interface_fields", lambda: declared | {"probed"})
-    with_field = {i["name"]: i for i in inv.to_status(extended=True)["interfaces"]}
-    assert with_field["vethab12cd"]["probed"] is False and with_field["lo"]["probed"] is False
-    assert "probed" not in with_field["eth0"]
-    monkeypatch.setattr(inventory, "_declared_interface_fields", lambda: declared - {"probed"})
-    without = {i["name"]: i for i in inv.to_status(extended=True)["interfaces"]}
-    assert "probed" not in without["vethab12cd"]
 
 
 def test_refresh_never_probes_an_unselected_interface_later(node) -> None:
@@ -184,6 +208,52 @@ def test_no_select_probes_everything_but_what_the_kernel_refuses(node) -> None:
     assert all(i.probed for i in inv.interfaces)
     assert inv.interface("lo").probe("generic").result == SUPPORTED
     assert inv.interface("lo").probe("native").result != UNKNOWN
+
+
+def test_xdp_features_are_read_and_nothing_is_attached(features_node) -> None:
+    """The default on a kernel with the netdev family: every interface's modes from its
+    xdp-features, selected or not; not one load, not one attach."""
+    kernel, nl, calls = features_node
+    inv = probe_node(nl, select=interface_selector(), env={})
+    assert calls == []
+    assert inv.netdev_family is True
+    assert inv.interface("eth0").modes == ("native", "generic") and inv.interface("eth0").features
+    assert inv.interface("lo").modes == ("generic",) and inv.interface("lo").features == ()
+    assert inv.interface("vethab12cd").modes == ("native", "generic")          # read, though not selected
+    assert all(i.source == "xdpFeatures" and i.unknown_modes == () for i in inv.interfaces)
+    status = {i["name"]: i for i in inv.to_status()["interfaces"]}
+    assert status["eth0"]["xdpFeatures"] == ["basic", "redirect", "rx-sg"]
+    assert "probed" not in status["eth0"] and status["eth0"]["modesFrom"] == "xdpFeatures"
+
+
+def test_opt_in_probes_the_selection_even_with_xdp_features(features_node) -> None:
+    kernel, nl, calls = features_node
+    inv = probe_node(nl, probe="always", select=interface_selector(), env={})
+    assert {c[1] for c in calls if c[0] == "attach"} == {"eth0"}
+    assert inv.interface("eth0").source == "probe" and inv.interface("eth0").features
+    assert inv.interface("vethab12cd").source == "xdpFeatures" and not inv.interface("vethab12cd").probed
+    assert probe_node(nl, probe="never", env={}).interface("eth0").source == "xdpFeatures"
+    with pytest.raises(ValueError):
+        probe_node(nl, probe="sometimes", env={})
+
+
+def test_probes_survive_a_restart_through_the_xdpnode(node) -> None:
+    """A restarted agent reads its published XdpNode back: eth0 (same name, index and
+    driver) is not probed again; a re-created interface (new index) is."""
+    kernel, nl, calls = node
+    first = probe_node(nl, select=interface_selector(), env={})
+    published = first.to_status()
+    calls.clear()
+    previous = previous_from_status(published)
+    assert [i.name for i in previous.interfaces] == ["eth0"]
+    again = probe_node(nl, select=interface_selector(), previous=previous, env={})
+    assert calls == [] and again.interface("eth0").modes == first.interface("eth0").modes
+    assert again.to_status()["interfaces"] == published["interfaces"]
+    kernel.remove_interface("eth0")
+    kernel.add_interface("eth0", kind="veth", driver="veth")
+    probe_node(nl, select=interface_selector(), previous=previous, env={})
+    assert {c[1] for c in calls if c[0] == "attach"} == {"eth0"}
+    assert previous_from_status(None) is None and previous_from_status({"interfaces": []}) is None
 
 
 def test_node_publisher_uses_the_default_selection(node) -> None:
@@ -251,3 +321,16 @@ def test_cli_hands_the_selection_to_the_publisher(monkeypatch, tmp_path, env, ar
     assert agent.publisher.select(iface("eth5")) is probes_eth5
     assert agent.publisher.select(iface("veth0")) is probes_veth0
     assert not agent.publisher.select(iface("lo", index=1))
+
+
+def test_the_xdpnode_schema_names_what_the_agent_writes() -> None:
+    """The schema's enums (api/, which imports no agent code) are the agent's own names."""
+    from kube_xdp_api import schema
+
+    from kube_xdp_agent.kernel.netdev import FEATURE_NAMES
+
+    assert schema.XDP_FEATURES == FEATURE_NAMES
+    assert set(schema.MODES_FROM) == {inventory.FROM_FEATURES, inventory.FROM_PROBE, inventory.FROM_NONE}
+    item = schema.node_status_schema()["properties"]["interfaces"]["items"]["properties"]
+    assert item["xdpFeatures"]["items"]["enum"] == list(FEATURE_NAMES)
+    assert item["modesFrom"]["enum"] == list(schema.MODES_FROM)

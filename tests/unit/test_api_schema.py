@@ -206,9 +206,11 @@ NODE_STATUS = {
     "btf": True,
     "bccVersion": "0.26.0",
     "headers": {"found": True, "path": "/lib/modules/6.18.0-1-amd64/build"},
+    "netdevFamily": True,
     "interfaceCount": 1,
     "modeSummary": "native=1,generic=1",
-    "interfaces": [{"name": "eth0", "driver": "veth", "kind": "veth", "modes": ["native", "generic"],
+    "interfaces": [{"name": "eth0", "ifindex": 2, "driver": "veth", "kind": "veth", "modes": ["native", "generic"],
+                    "modesFrom": "probe", "probed": True, "xdpFeatures": ["basic", "redirect", "rx-sg"],
                     "unknownModes": [], "unsupported": [{"mode": "offload", "message": "EINVAL"}],
                     "attached": [{"mode": "native", "progId": 42}]}],
 }

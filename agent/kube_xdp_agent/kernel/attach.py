@@ -144,11 +144,12 @@ REPLACE_GONE = "replace-gone"          # the program to replace was no longer on
 @dataclass(frozen=True)
 class Node:
     """One node's kernel handles: netlink and links in its network namespace, pins in its
-    bpffs. Real (HostKernel) or fake (tests/fakes): the same surface."""
+    bpffs (None only for `place(pin=False)`: the inventory's probe has no bpffs). Real
+    (HostKernel) or fake (tests/fakes): the same surface."""
 
     netlink: Netlink
     links: XdpLinks
-    pins: PinStore
+    pins: PinStore | None
 
     @property
     def netns(self) -> str | None:
@@ -576,6 +577,10 @@ def place(node: Node, *, program: str, interface: str, modes: Sequence[str],
     netlink attachment of the wanted program (adopted, or just REPLACEd) into a link (a
     gap).
 
+    `place` never loads or unloads a program: one built for a mode that was then refused
+    (a device-bound offload build) is the caller's to release; `Placement.refused` /
+    `NoModeAttached.refused` say which modes were refused, and why.
+
     Returns a Placement (read back from netlink). Raises InterfaceNotFound, HookBusy
     (the hook holds a program this placement may not replace: untouched), NoModeAttached
     (every mode refused: nothing attached), PinError (the link could not be pinned: it
@@ -585,6 +590,8 @@ def place(node: Node, *, program: str, interface: str, modes: Sequence[str],
     modes = tuple(modes)
     if not modes or len(set(modes)) != len(modes) or any(m not in MODES for m in modes):
         raise ValueError(f"modes must be distinct modes of {MODES}, preferred first: got {modes}")
+    if node.pins is None and (pin or replace is not None or convert):
+        raise ValueError("a node without a pin store can only place(pin=False) on an empty hook")
     placer = _Placer(node, program, interface, modes, prog_fd_for, pin, convert)
     iface = placer.iface()
     ours = placer.our_link(iface)
@@ -655,16 +662,16 @@ def remove(node: Node, *, program: str, interface: str, netlink_prog_fd: int | N
     return Removal(interface, NETLINK, prog, mode, None, state, tuple(steps))
 
 
-def remove_held(node: Node, placement: Placement) -> None:
-    """Detach and close the unpinned link of a `pin=False` placement (the probe's), or the
-    netlink attachment it made."""
+def remove_held(node: Node, placement: Placement, *, prog_fd: int) -> None:
+    """Take a `pin=False` placement (the inventory's probe) off again: its unpinned link
+    (BPF_LINK_DETACH, then the fd closed), or, attached through netlink, the program
+    `prog_fd` (netlink detach with it expected)."""
     if placement.held is not None:
         with placement.held:
             node.links.detach(placement.held.fd, interface=placement.interface)
         return
-    if placement.attached_by == NETLINK:
-        with node.pins.open_prog_id(placement.prog_id) as fd:
-            node.netlink.detach(placement.interface, placement.mode, expected_prog_fd=fd.fd)
+    if placement.attached_by == NETLINK and placement.changed:
+        node.netlink.detach(placement.interface, placement.mode, expected_prog_fd=prog_fd)
 
 
 def _read_or_none(node: Node, interface: str) -> XdpState | None:

@@ -119,6 +119,13 @@ class XdpLinks:
         except BpfSyscallError as exc:
             raise self._again(exc, f"fd {prog_fd} is not a BPF program", **self._ctx()) from exc
 
+    def open_prog(self, prog_id: int) -> Fd:
+        """A new fd of the program with that id (ENOENT when there is none)."""
+        try:
+            return bpfsys.prog_fd_by_id(prog_id)
+        except BpfSyscallError as exc:
+            raise self._again(exc, f"opening program {prog_id} failed", **self._ctx()) from exc
+
     def xdp_links(self) -> Iterator[LinkInfo]:
         """Every XDP link of the system (all namespaces: compare ifindex and prog id with
         this namespace's hooks before taking one for a local interface's)."""

@@ -457,6 +457,14 @@ class Netlink:
     def read_xdp(self, name: str) -> XdpState:
         return self._link(name).xdp
 
+    def xdp_features(self) -> dict[int, Any] | None:
+        """ifindex -> netdev.DeviceFeatures of every interface of the namespace, read from
+        the netdev generic-netlink family (nothing is attached); None when the kernel has
+        no such family (before 6.3). See netdev.py."""
+        from .netdev import Netdev
+
+        return Netdev(self.netns).xdp_features()
+
     def default_route_interface(self) -> str | None:
         """The interface of the default route (main table; IPv4 first, then IPv6), by lowest metric.
 
