@@ -4,7 +4,7 @@ agent ServiceAccount with its own node's pod-bound token, so the agents' node-re
 policy applies to each as to a real agent) over tests.fakes.FakeKernel, an in-memory kernel: no
 compile, no netlink, no bpffs. They measure the control plane alone (API server, operator,
 agent control loop); they say nothing about compile or attach time. Each publishes its
-XdpNode (probed on the in-memory kernel), as a real agent does.
+XdpNode (modes from the in-memory kernel's xdp-features), as a real agent does.
 
     python -m bench.hollow --kubeconfig-dir DIR --state STATE hollow-1 hollow-2 ...
 
@@ -46,8 +46,8 @@ def make_agent(node: str, kubeconfig: str, resync: float):
     configuration = kubernetes.client.Configuration()        # its own token (node), its own connection pool
     kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     client = kubernetes.client.ApiClient(configuration)
-    # inventory=True as the real agent's CLI: each hollow node publishes its XdpNode (probed
-    # on the in-memory kernel), so the operator sees an agent there as on a real node
+    # inventory=True as the real agent's CLI: each hollow node publishes its XdpNode (read
+    # from the in-memory kernel), so the operator sees an agent there as on a real node
     return Agent(AgentConfig(node_name=node, bpffs="/sys/fs/bpf", netns=None, resync=resync, inventory=True),
                  client, kernel)
 
