@@ -185,6 +185,21 @@ def test_takeover_of_a_netlink_program_stays_atomic_on_netlink(node, netns_pair,
     remove(node, program="web", interface=netns_pair.ns_if)
 
 
+def test_our_netlink_program_in_a_mode_not_allowed_is_left_to_the_caller(node, netns_pair, pass_progs) -> None:
+    """Our program attached through netlink in generic, placed native-only: place does not
+    move it (a gap is the caller's decision): HookBusy; remove, then place."""
+    prog = pass_progs[0]
+    node.netlink.attach(netns_pair.ns_if, prog.prog_fd, "generic")
+    with pytest.raises(HookBusy) as info:
+        place(node, program="web", interface=netns_pair.ns_if, modes=("native",), prog_fd_for=fd_of(prog))
+    assert (info.value.prog_id, info.value.attached_mode) == (prog.prog_id, "generic")
+    removed = remove(node, program="web", interface=netns_pair.ns_if, netlink_prog_fd=prog.prog_fd)
+    assert (removed.detached_by, removed.mode) == ("netlink", "generic")
+    placed = place(node, program="web", interface=netns_pair.ns_if, modes=("native",), prog_fd_for=fd_of(prog))
+    assert (placed.mode, placed.attached_by) == ("native", "link")
+    remove(node, program="web", interface=netns_pair.ns_if)
+
+
 def test_replace_in_a_mode_not_allowed_is_refused(node, netns_pair, pass_progs) -> None:
     foreign = pass_progs[2]
     node.netlink.attach(netns_pair.ns_if, foreign.prog_fd, "generic")

@@ -474,6 +474,10 @@ class _Placer:
             if self.convert and self.pin:
                 return self.to_link(iface, slot, new, want, replaced=None)
             return self.result(iface, slot, prog, NETLINK, netlink_cause=ADOPTED, changed=False)
+        if prog == want:
+            raise HookBusy(f"program {prog}, the one to place, is attached through netlink in {slot} mode, which "
+                           f"is not allowed ({', '.join(self.modes)}): a mode change is the caller's (remove, then "
+                           "place)", prog_id=prog, attached_mode=slot, mode=mode, **self.ctx)
         holder = self.node.links.holding(iface.index, prog)
         raise HookBusy(f"the XDP hook holds program {prog} ({slot})"
                        + (f" through bpf_link {holder.id}" if holder else "") + ", which is not ours to replace",
