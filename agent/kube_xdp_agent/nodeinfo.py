@@ -34,7 +34,7 @@ def node_status(inv: NodeInventory, old: dict | None, generation: int) -> dict:
     status["observedGeneration"] = generation
     conditions = (old or {}).get("conditions") or []
     if inv.headers.found:
-        conditions = cond.set_condition(conditions, cond.READY, cond.TRUE, "Probed",
+        conditions = cond.set_condition(conditions, cond.READY, cond.TRUE, reasons.PROBED,
                                         f"{status['modeSummary']} interface(s) per mode", generation, cond.now())
     else:
         conditions = cond.set_condition(conditions, cond.READY, cond.FALSE, reasons.HEADERS_NOT_FOUND,

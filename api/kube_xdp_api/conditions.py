@@ -106,6 +106,7 @@ def set_condition(
         raise ValueError(f"condition {type}: status {status!r} is not one of {STATUSES}")
     if not reason or len(reason) > REASON_MAX or not re.fullmatch(REASON_PATTERN, reason):
         raise ValueError(f"condition {type}: reason {reason!r} is not CamelCase")
+    reasons.require(reason)
     result = [copy.deepcopy(dict(c)) for c in conditions or ()]
     new: dict[str, Any] = {
         "type": type,

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from kube_xdp_api import reasons
+
 EVENT_NAMESPACE = "default"
 MAX_MESSAGE = 1024
 
@@ -22,9 +24,11 @@ log = logging.getLogger(__name__)
 
 def event_body(obj: Mapping[str, Any], type_: str, reason: str, message: str, *, component: str,
                host: str | None = None, now: datetime.datetime | None = None) -> dict[str, Any]:
-    """The Event (pure): `obj` is the cluster-scoped object it is about."""
+    """The Event (pure): `obj` is the cluster-scoped object it is about. A reason that is
+    not in reasons.CATALOGUE raises ValueError."""
     if type_ not in ("Normal", "Warning"):
         raise ValueError(f"an Event's type is Normal or Warning, not {type_!r}")
+    reasons.require(reason)
     meta = obj.get("metadata") or {}
     now = now or datetime.datetime.now(datetime.timezone.utc)
     source = {"component": component, **({"host": host} if host else {})}
@@ -41,11 +45,12 @@ def event_body(obj: Mapping[str, Any], type_: str, reason: str, message: str, *,
 
 def post(core: Any, obj: Mapping[str, Any], type_: str, reason: str, message: str, *, component: str,
          host: str | None = None) -> bool:
-    """Post an Event through a kubernetes CoreV1Api; never raises (an Event is never worth
-    failing a reconcile for: the status is the record). Returns whether it was posted."""
+    """Post an Event through a kubernetes CoreV1Api; never raises for the API's trouble (an
+    Event is never worth failing a reconcile for: the status is the record). Returns
+    whether it was posted. A reason not in the catalogue is a bug, not trouble: ValueError."""
+    body = event_body(obj, type_, reason, message, component=component, host=host)
     try:
-        core.create_namespaced_event(EVENT_NAMESPACE, event_body(obj, type_, reason, message,
-                                                                  component=component, host=host))
+        core.create_namespaced_event(EVENT_NAMESPACE, body)
         return True
     except Exception as e:
         name = (obj.get("metadata") or {}).get("name")

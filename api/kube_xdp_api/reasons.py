@@ -1,14 +1,20 @@
 """The catalogue of condition reasons: stable, CamelCase, documented in one place.
 
 A reason is part of the API: users alert on it, Argo CD/Flux show it, tests assert it.
-Never rename one; add a new one instead. Every reason a controller writes into a
-condition or an Event comes from this module (`CATALOGUE` maps each to its meaning).
+Never rename one; add a new one instead. Every reason a controller writes (into a
+condition, a status field or an Event) comes from this module (`CATALOGUE` maps each to
+its meaning), and the writers refuse any other: `conditions.set_condition` and
+`events.event_body` raise ValueError for a reason not in `CATALOGUE`, and so does
+`require`, which the agent's status writers call on every `reason` field they fill
+(tests/unit/test_reason_writers.py scans every writer of the operator and the agent for
+a reason that is not catalogued).
 
 Who sets what:
 - the operator, on an XdpProgram: READY, PROGRESSING, AS_EXPECTED, NO_NODES_SELECTED,
   NODES_NOT_READY, ATTACHMENTS_FAILED, DELETING, INVALID_SPEC, INVALID_DEFINE, and a
   failing node's own reason when every failing node shares it;
-- the agent, on an XdpAttachment (and XdpNode): everything else.
+- the agent, on an XdpAttachment: everything else; on its XdpNode: PROBED,
+  HEADERS_NOT_FOUND.
 
 `STALLING` lists the reasons that need a human (a wrong spec, a program the kernel
 refuses, an interface that does not exist...): they go with `Stalled=True` so kstatus
@@ -26,6 +32,7 @@ PROGRESSING = "Progressing"
 AS_EXPECTED = "AsExpected"
 NO_NODES_SELECTED = "NoNodesSelected"
 DELETING = "Deleting"
+PROBED = "Probed"
 
 # --- Aggregates (XdpProgram, computed by the operator from its attachments) ------------
 NODES_NOT_READY = "NodesNotReady"
@@ -68,6 +75,7 @@ CATALOGUE: dict[str, str] = {
     AS_EXPECTED: "Nothing to report: used when Reconciling or Stalled is False.",
     NO_NODES_SELECTED: "The nodeSelector matches no node; the program is Ready with nothing to run.",
     DELETING: "The object is being deleted; programs are being detached and unpinned.",
+    PROBED: "The node's XDP capabilities were read (XdpNode): kernel, bcc, headers, each interface's modes.",
     NODES_NOT_READY: "Some selected nodes have not reported their attachment Ready yet; none failed permanently.",
     ATTACHMENTS_FAILED: "Attachments on several nodes failed for different reasons (see failingNodes).",
     INVALID_SPEC: "The spec breaks a validation rule the API server did not (or could not) enforce.",
@@ -122,3 +130,11 @@ STALLING: frozenset[str] = frozenset(
 def is_stalling(reason: str) -> bool:
     """True when `reason` is a permanent failure (goes with Stalled=True)."""
     return reason in STALLING
+
+
+def require(reason: str) -> str:
+    """`reason`, if the catalogue has it; else ValueError (a writer never invents one)."""
+    if reason not in CATALOGUE:
+        raise ValueError(f"reason {reason!r} is not in kube_xdp_api.reasons.CATALOGUE: add it there (with its "
+                         "meaning) before writing it")
+    return reason

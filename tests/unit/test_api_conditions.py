@@ -75,6 +75,13 @@ def test_bad_status_or_reason_is_a_programming_error(status, reason):
         set_condition([], "Ready", status, reason, "", 1, T0)
 
 
+def test_a_reason_not_in_the_catalogue_is_refused():
+    """CamelCase is not enough: every reason written is documented in reasons.CATALOGUE."""
+    with pytest.raises(ValueError, match="not in kube_xdp_api.reasons.CATALOGUE"):
+        set_condition([], "Ready", "False", "SomethingNew", "", 1, T0)
+    assert set_condition([], "Ready", "False", reasons.CONFLICT, "", 1, T0)[0]["reason"] == "Conflict"
+
+
 def test_long_message_is_trimmed():
     conditions = set_condition([], "Stalled", "True", "CompileError", "e" * 10000, 1, T0)
     assert len(conditions[0]["message"]) == MESSAGE_MAX

@@ -51,5 +51,13 @@ def test_post_creates_the_event_in_the_default_namespace():
 
 
 def test_a_failed_post_is_logged_never_raised(caplog):
-    assert not events.post(Core(fail=True), PROGRAM, "Warning", "Stalled", "no", component="kube-xdp-operator")
-    assert "could not post Event Stalled for XdpProgram udp-drop: connection refused" in caplog.text
+    assert not events.post(Core(fail=True), PROGRAM, "Warning", "Conflict", "no", component="kube-xdp-operator")
+    assert "could not post Event Conflict for XdpProgram udp-drop: connection refused" in caplog.text
+
+
+def test_a_reason_not_in_the_catalogue_is_refused_not_posted():
+    """A bug, not the API's trouble: raised (the reason would be undocumented API)."""
+    core = Core()
+    with pytest.raises(ValueError, match="not in kube_xdp_api.reasons.CATALOGUE"):
+        events.post(core, PROGRAM, "Warning", "Stalled", "no", component="kube-xdp-operator")
+    assert core.posted == []
