@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stop(*_):
         for a in agents:
-            a.stop.set()
-            a.queue.put(None)   # type: ignore[arg-type]
+            a.shutdown()
         done.set()
 
     signal.signal(signal.SIGTERM, stop)

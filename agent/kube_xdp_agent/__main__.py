@@ -10,6 +10,7 @@ import sys
 
 from kube_xdp_api import names
 
+from .health import DEFAULT_ADDRESS, DEFAULT_PORT, HealthServer
 from .inventory import DEFAULT_PROBE_PATTERN, DEFAULT_SKIPPED_PREFIXES, interface_selector
 
 
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
                              "$KUBE_XDP_INVENTORY_INTERFACES, else every name not starting with "
                              f"{', '.join(DEFAULT_SKIPPED_PREFIXES)} (pods' veths and overlay devices); "
                              "'' probes none")
+    parser.add_argument("--health-address", default=DEFAULT_ADDRESS, metavar="ADDRESS",
+                        help="serve GET /healthz on this address (default 127.0.0.1: with hostNetwork the kubelet "
+                             "probes it on the node itself, and nothing off the node reaches it)")
+    parser.add_argument("--health-port", type=int, default=DEFAULT_PORT, metavar="PORT",
+                        help=f"... and this port (default {DEFAULT_PORT}; 0: no /healthz)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -71,14 +77,25 @@ def main(argv: list[str] | None = None) -> int:
                               inventory=not args.no_inventory, inventory_interfaces=args.inventory_interfaces,
                               probe_xdp_modes=args.probe_xdp_modes),
                   client, HostKernel())
+    server = None
+    if args.health_port:
+        try:
+            server = HealthServer(agent.health, args.health_address, args.health_port).start()
+        except OSError as e:
+            print(f"kube-xdp-agent: cannot serve /healthz on {args.health_address}:{args.health_port}: "
+                  f"{e.strerror or e} (--health-address/--health-port)", file=sys.stderr)
+            return 1
 
     def stop(*_):
-        agent.stop.set()
-        agent.queue.put(None)   # type: ignore[arg-type]
+        agent.shutdown()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    agent.run()
+    try:
+        agent.run()
+    finally:
+        if server is not None:
+            server.close()
     return 0
 
 

@@ -6,84 +6,92 @@ or verifier errors, a conflict, a missing interface...) sets Stalled=True; anyth
 moving (a transient error, a source digest not caught up yet) sets Reconciling=True.
 The agent keeps re-checking in every case, so a Stalled attachment recovers by itself
 when its cause goes away (an interface appears, a foreign program is removed).
+
+`status.interfaces[]` is the structured record (record.py): one entry per interface,
+what the agent decides from on its next reconcile. The top-level `reason`/`message` and
+the conditions' messages are for people.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from kube_xdp_api import conditions as cond
 from kube_xdp_api import reasons
 
-from .execute import IfaceResult
+from .record import IfaceRecord
 
 INTERFACES_MAX = 64
 
+Failure = tuple[str, str]     # (reason, message)
 
-def attachment_status(*, old: Mapping[str, Any] | None, generation: int, now: str,
-                      interfaces: list[IfaceResult] | None = None, failure: tuple[str, str] | None = None,
-                      compile_info: Mapping[str, Any] | None = None, pin_path: str | None = None,
-                      tag: str | None = None) -> dict[str, Any]:
-    """`failure` is a (reason, message) that stopped the agent before any interface was
-    touched (spec, source, compile); `interfaces` are the per-interface results."""
-    old = old or {}
-    entries = []
-    for r in (interfaces or [])[:INTERFACES_MAX]:
-        entry: dict[str, Any] = {"name": r.interface, "ready": r.ok}
-        if r.ok:
-            entry.update(mode=r.mode, progId=r.prog_id)
-            if tag:
-                entry["tag"] = tag
-            if pin_path:
-                entry["pinPath"] = pin_path
-        elif r.mode and r.prog_id:      # not what is wanted, but what the kernel holds there
-            entry.update(mode=r.mode, progId=r.prog_id)
-        if r.reason:
-            entry["reason"] = r.reason
-            entry["message"] = cond.trim_message(r.message)
-        entries.append(entry)
 
-    bad = [r for r in interfaces or [] if not r.ok]
-    if failure is None and bad:
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """A status to write, and the failure it reports (None: Ready), for the Events."""
+    status: dict[str, Any]
+    failure: Failure | None
+
+
+def failure_of(interfaces: list[IfaceRecord] | None, failure: Failure | None = None) -> Failure | None:
+    """The attachment's failure: `failure` (what stopped the agent before any interface
+    was touched: spec, source, compile), else the interfaces' (one reason shared by all
+    failing interfaces; the first one's when each needs a human; else AttachFailed),
+    else NoInterfacesMatched when there is no interface at all; None: Ready."""
+    if failure is not None:
+        return failure
+    bad = [r for r in interfaces or [] if not r.ready]
+    if bad:
         common = {r.reason for r in bad}
         if len(common) == 1:
-            reason = common.pop()
-        elif all(reasons.is_stalling(r.reason) for r in bad):
-            reason = bad[0].reason      # every one needs a human: stay Stalled, name the first
+            reason = common.pop() or reasons.ATTACH_FAILED
+        elif all(reasons.is_stalling(r.reason or "") for r in bad):
+            reason = bad[0].reason or reasons.ATTACH_FAILED    # every one needs a human: stay Stalled
         else:
             reason = reasons.ATTACH_FAILED
-        failure = (reason, "; ".join(f"{r.interface}: {r.message}" for r in bad))
-    if failure is None and not interfaces:
-        failure = (reasons.NO_INTERFACES_MATCHED, "no interface selected on this node")
+        return reason, "; ".join(f"{r.name}: {r.message}" for r in bad)
+    if not interfaces:
+        return reasons.NO_INTERFACES_MATCHED, "no interface selected on this node"
+    return None
 
+
+def attachment_status(*, old: Mapping[str, Any] | None, generation: int, now: str,
+                      interfaces: list[IfaceRecord] | None = None, failure: Failure | None = None,
+                      compile_info: Mapping[str, Any] | None = None) -> Report:
+    """`failure` is a (reason, message) that stopped the agent before any interface was
+    touched (spec, source, compile); `interfaces` are the per-interface records."""
+    old = old or {}
+    failure = failure_of(interfaces, failure)
+    entries = [r.to_entry() for r in (interfaces or [])[:INTERFACES_MAX]]
     conditions = old.get("conditions") or []
     if failure is None:
         conditions = _set3(conditions, generation, now, ready=(cond.TRUE, reasons.ATTACHED, _ready_message(interfaces)),
                            reconciling=(cond.FALSE, reasons.AS_EXPECTED, ""), stalled=(cond.FALSE, reasons.AS_EXPECTED, ""))
+        top = None
     else:
         keep = "tail" if failure[0] == reasons.VERIFIER_REJECTED else "head"
-        reason, message = failure[0], cond.trim_message(failure[1], keep=keep)
+        reason, message = reasons.require(failure[0]), cond.trim_message(failure[1], keep=keep)
         if reasons.is_stalling(reason):
             conditions = _set3(conditions, generation, now, ready=(cond.FALSE, reason, message),
                                reconciling=(cond.FALSE, reasons.AS_EXPECTED, ""), stalled=(cond.TRUE, reason, message))
         else:
             conditions = _set3(conditions, generation, now, ready=(cond.FALSE, reason, message),
                                reconciling=(cond.TRUE, reason, message), stalled=(cond.FALSE, reasons.AS_EXPECTED, ""))
+        top = (reason, message or reason)
     # On success reason/message are None: the merge patch removes a previous failure's.
     status: dict[str, Any] = {"observedGeneration": generation, "conditions": conditions, "interfaces": entries,
-                              "reason": failure[0] if failure else None,
-                              "message": (cond.trim_message(failure[1], keep="tail" if failure[0] == reasons.VERIFIER_REJECTED
-                                                            else "head") or failure[0]) if failure else None}
+                              "reason": top[0] if top else None, "message": top[1] if top else None}
     if compile_info is not None:
         status["compile"] = dict(compile_info)
     elif "compile" in old:
         status["compile"] = old["compile"]
-    return status
+    return Report(status, top)
 
 
-def _ready_message(interfaces: list[IfaceResult] | None) -> str:
-    return ", ".join(f"{r.interface}={r.mode}" for r in interfaces or [])
+def _ready_message(interfaces: list[IfaceRecord] | None) -> str:
+    return ", ".join(f"{r.name}={r.mode}" for r in interfaces or [])
 
 
 def _set3(conditions, generation, now, *, ready, reconciling, stalled):
@@ -93,17 +101,16 @@ def _set3(conditions, generation, now, *, ready, reconciling, stalled):
     return conditions
 
 
-def transition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+def transition_events(old: Mapping[str, Any] | None, new: Report) -> list[tuple[str, str, str]]:
     """Events for condition transitions (low volume): Stalled turning True or changing
-    reason -> Warning. A node turning Ready posts nothing: the program's Ready Event (the
-    operator's) says it once for all nodes, and one Normal Event per node and rollout was
-    a fifth of kube-xdp's API writes (bench/). Recoveries worth a line (DriftRepaired,
-    PinRepaired, TookOver) are posted by the controller where they happen."""
+    reason -> Warning, with the failure's message. A node turning Ready posts nothing: the
+    program's Ready Event (the operator's) says it once for all nodes, and one Normal
+    Event per node and rollout was a fifth of kube-xdp's API writes (bench/). Recoveries
+    worth a line (DriftRepaired, PinRepaired, TookOver) are posted where they happen."""
     def get(status, type_):
         return cond.get_condition((status or {}).get("conditions"), type_) or {}
-    out = []
-    old_stalled, new_stalled = get(old, cond.STALLED), get(new, cond.STALLED)
-    if new_stalled.get("status") == cond.TRUE and (old_stalled.get("status") != cond.TRUE
-                                                    or old_stalled.get("reason") != new_stalled.get("reason")):
-        out.append(("Warning", new_stalled.get("reason", "Stalled"), new_stalled.get("message", "")[:1024]))
-    return out
+    old_stalled, new_stalled = get(old, cond.STALLED), get(new.status, cond.STALLED)
+    if new.failure is not None and new_stalled.get("status") == cond.TRUE and (
+            old_stalled.get("status") != cond.TRUE or old_stalled.get("reason") != new_stalled.get("reason")):
+        return [("Warning", new.failure[0], new.failure[1][:1024])]
+    return []

@@ -60,6 +60,9 @@ PROGRAM_NAME_SCHEMA: Schema = {
 }
 
 STATUS_INTERFACES_MAX = 1024
+# How an attachment holds an interface's hook (status.interfaces[].attachedBy; the agent's
+# record.LINK / NETLINK).
+ATTACHED_BY = ("link", "netlink")
 
 # The XdpAttachment fields a client may select on (`fieldSelector`): each agent lists and
 # watches `spec.nodeName=<its node>`.
@@ -591,16 +594,43 @@ def attachment_status_schema() -> Schema:
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["name"],
                 "items": _obj(
-                    "An interface and what is attached to it.",
+                    "An interface and what is attached to it: the agent's structured record, which it decides "
+                    "from on its next reconcile (messages and pinPath are for people).",
                     {
                         "name": _str("The interface.", max_len=15, min_len=1),
-                        "mode": _mode("The mode read back from netlink (never assumed)."),
-                        "progId": _int("The kernel's program id."),
-                        "tag": _str("The program tag (hex).", max_len=64),
-                        "pinPath": _str("Where the program is pinned in bpffs.", max_len=4096),
                         "ready": _bool("The program is attached here as asked."),
-                        "reason": _reason("Why not, if not ready."),
-                        "message": _message("Details, if not ready."),
+                        "mode": _mode("The mode read back from netlink (never assumed)."),
+                        "preferredMode": _mode("The policy's first mode (spec.mode) when this entry was written."),
+                        "refused": {
+                            "type": "array",
+                            "description": "The modes tried before `mode` and refused, in the order tried: why the "
+                                           "preferred mode is not used.",
+                            "maxItems": len(spec.MODES),
+                            "x-kubernetes-list-type": "atomic",
+                            "items": _obj(
+                                "A mode the kernel or the device refused.",
+                                {
+                                    "mode": _mode("The mode."),
+                                    "reason": _reason("Why (DriverModeUnsupported, OffloadUnsupported, "
+                                                      "ProgramNotOffloadable)."),
+                                    "errno": _int("The kernel's errno, when it gave one."),
+                                    "message": _str("The kernel's or bcc's words, for people.", max_len=1024),
+                                },
+                                required=["mode", "reason"],
+                            ),
+                        },
+                        "attachedBy": _str("How the program holds the hook: link (kube-xdp's pinned bpf_link: the "
+                                           "kernel refuses other tools' netlink detach or replace) or netlink "
+                                           "(where links cannot be used, or an atomic takeover of a "
+                                           "netlink-attached program).", enum=list(ATTACHED_BY)),
+                        "linkId": _int("The kernel's bpf_link id (attachedBy link)."),
+                        "progId": _int("The kernel's program id."),
+                        "digest": _str("The 12 hex digits the program is pinned under "
+                                       "(<bpffs>/kube-xdp/<program>/<digest>/).", pattern=r"^[0-9a-f]{12}$"),
+                        "tag": _str("The program tag (hex).", max_len=64),
+                        "pinPath": _str("Where the program is pinned in bpffs (for people).", max_len=4096),
+                        "reason": _reason("Why not ready; if ready, why not the preferred mode."),
+                        "message": _message("Details, for people."),
                     },
                     required=["name"],
                 ),

@@ -247,9 +247,11 @@ def start_agent(info: RigInfo, node: str, *, resync: float = 2.0, extra: list[st
         return procs.pid(name)
     n = info.node(node)
     kubeconfig = kubeconfig or issue_agent_credentials(info, [node])[node]
+    # process agents share the host's network namespace: each serves /healthz on a port of its own
     return procs.start(name, [sys.executable, "-m", "kube_xdp_agent", "--node-name", node,
                               "--kubeconfig", str(kubeconfig), "--bpffs", n.bpffs,
-                              "--netns", n.netns, "--resync", str(resync), *(extra or [])])
+                              "--netns", n.netns, "--resync", str(resync), "--health-port", str(_free_port()),
+                              *(extra or [])])
 
 
 def start_all(info: RigInfo, **kw) -> None:

@@ -1,4 +1,4 @@
-"""Who gets an interface two programs want (pure: plan + FakeKernel, no root needed).
+"""Who gets an interface two programs want (pure: decide + FakeKernel, no root needed).
 
 - two XdpPrograms: the higher spec.priority takes the interface over atomically; a tie
   goes to the older attachment on the node, then the lower name; the loser reports
@@ -6,19 +6,21 @@
 - a foreign program (not managed by kube-xdp): never touched (Conflict naming its id)
   unless spec.takeOver is true, or unless it replaced ours behind our back (the
   attachment last reported the interface ready with its own program: drift, repaired);
-- a takeover is an atomic REPLACE with the taken program as the expected one, in its
-  mode: if the spec does not allow that mode it stays a Conflict (no gap is ever made).
+- a takeover is atomic, in the taken program's mode (a netlink REPLACE with it as the
+  expected one; another XdpProgram's link updated with it expected, then its pin
+  renamed): if the spec does not allow that mode it stays a Conflict (no gap is ever made).
 """
 
 from __future__ import annotations
 
 import pytest
 
+from kube_xdp_agent.decide import Conflict, Rank, Takeover, Wanted, decide
 from kube_xdp_agent.execute import Executor
 from kube_xdp_agent.kernel import CompileRequest
+from kube_xdp_agent.observe import Hook, Observed, observe
+from kube_xdp_agent.record import IfaceRecord
 from tests.fakes import FakeKernel
-from kube_xdp_agent.observe import observe
-from kube_xdp_agent.plan import Conflict, Hook, Observed, Rank, Takeover, plan_attach
 
 PROG, OTHER = "edge-fw", "ddos"
 MINE, THEIRS = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
@@ -30,9 +32,9 @@ T0, T1 = "2025-01-01T00:00:00Z", "2025-01-01T00:00:05Z"
 
 def plan(hook, *, rank=Rank(500, T1, PROG), rivals=None, take_over=False, held=(), modes=BOTH):
     observed = Observed(hooks={"eth0": Hook("eth0", *hook)}, primary="eth0", pins=PINS)
-    return plan_attach(program=PROG, want=MINE, targets=["eth0"], modes=modes, observed=observed, rank=rank,
-                       rivals=rivals if rivals is not None else {OTHER: Rank(500, T0, OTHER)},
-                       take_over=take_over, held=frozenset(held))
+    wanted = Wanted(PROG, MINE, ("eth0",), modes, rank=rank,
+                    rivals=rivals if rivals is not None else {OTHER: Rank(500, T0, OTHER)}, take_over=take_over)
+    return decide(wanted, observed, {name: IfaceRecord(name, True, "native", prog_id=MINE_ID) for name in held})
 
 
 @pytest.mark.parametrize("mine, theirs, wins", [
@@ -90,8 +92,8 @@ class Node:
         self.kernel.add_netns("n")
         self.kernel.add_interface("eth0", netns="n", default_route=True)
         self.kernel.mount_bpffs("/b")
-        self.netlink = self.kernel.netlink("n")
-        self.pins = self.kernel.pin_store("/b")
+        self.node = self.kernel.node("n", "/b")
+        self.netlink, self.pins = self.node.netlink, self.node.pins
 
     def pin(self, program, digest, version):
         loaded = self.kernel.compiler.load(CompileRequest("int f(struct xdp_md *c) { return XDP_PASS + 0 * V; }",
@@ -101,10 +103,8 @@ class Node:
         return pinned.prog_id
 
     def run(self, program, digest, **kw):
-        actions = plan_attach(program=program, want=digest, targets=["eth0"], modes=BOTH,
-                              observed=observe(self.netlink, self.pins), **kw)
-        want_id = {p.digest12: p.prog_id for p in self.pins.open_pinned(program)}[digest]
-        return actions, Executor(self.netlink, self.pins, program=program, want=digest, want_id=want_id).run(actions)
+        actions = decide(Wanted(program, digest, ("eth0",), BOTH, **kw), observe(self.netlink, self.pins), {})
+        return actions, Executor(self.node, program=program, want=digest, modes=BOTH).run(actions)
 
 
 def test_takeover_of_a_foreign_program_is_one_atomic_replace():
@@ -121,14 +121,13 @@ def test_takeover_loses_the_race_cleanly_when_the_hook_changed_meanwhile():
     node = Node()
     node.pin(PROG, MINE, "1")
     first = node.kernel.attach_foreign("eth0", "native", netns="n")
-    actions = plan_attach(program=PROG, want=MINE, targets=["eth0"], modes=BOTH,
-                          observed=observe(node.netlink, node.pins), take_over=True)
-    # between plan and execute another tool swaps its program: the REPLACE must refuse
+    actions = decide(Wanted(PROG, MINE, ("eth0",), BOTH, take_over=True), observe(node.netlink, node.pins), {})
+    # between the decision and the execution another tool swaps its program: the takeover
+    # (of the first one) must leave the second one alone
     node.kernel._iface("n", "eth0").hooks.pop("native")
     node.kernel.programs[first].holders.discard(("hook", "n", "eth0", "native"))
     second = node.kernel.attach_foreign("eth0", "native", netns="n")
-    want_id = node.pins.open_pinned(PROG)[0].prog_id
-    outcome = Executor(node.netlink, node.pins, program=PROG, want=MINE, want_id=want_id).run(actions)
+    outcome = Executor(node.node, program=PROG, want=MINE, modes=BOTH).run(actions)
     [res] = outcome.interfaces
     assert not res.ok
     assert node.netlink.read_xdp("eth0").occupant == (second, "native")    # untouched

@@ -2,7 +2,8 @@
 
 guest_offload.py proves offload at the kernel layer. Here the agent's own control loop
 (`kube_xdp_agent.controller.Agent.run`: list+watch of this node's XdpAttachments, the
-worker queue, finalizer, plan -> execute -> read back -> report, status and Events) runs
+work queue, finalizer, decide -> execute (attach.place: pinned bpf_links) -> read back ->
+report, status and Events) runs
 as a real agent does, with the real `HostKernel` (bcc in the confined build worker,
 netlink, bpffs), and takes an XdpAttachment whose program prefers offload. The guest has
 no API server: `kube_xdp_lab.fake_api.FakeApiServer` stands in for it under a real
@@ -163,12 +164,10 @@ class RunningAgent:
             return
         self.stopped = True
         logging.getLogger("kube_xdp_agent").removeHandler(self._failures)
-        self.agent.stop.set()
-        self.agent.queue.put(None)  # type: ignore[arg-type]
+        self.agent.shutdown()
         self.api.end_watches()
         self.thread.join(timeout=120)
         assert not self.thread.is_alive(), "the agent did not stop"
-        self.agent.netlink.close()
 
     def wait_reconciled(self, more: int, timeout: float = CONVERGE) -> None:
         target = self.reconciled + more
@@ -229,7 +228,11 @@ def test_offload_preferred_is_attached_offloaded_and_reported(offloaded, measure
     assert "reason" not in status and "message" not in status   # the merge patch removed them
     [entry] = status["interfaces"]
     assert entry["name"] == port.ifname and entry["ready"] is True and entry["mode"] == "offload"
-    assert "reason" not in entry   # offload is the preferred mode: nothing to explain
+    assert "reason" not in entry and "refused" not in entry   # offload is the preferred mode: nothing to explain
+    # held by a pinned bpf_link (the 6.1 kernel takes HW mode by link: guest_offload.py)
+    [link] = PinStore(bpffs).list_links("ctl-offload")
+    assert entry["attachedBy"] == "link" and entry["linkId"] == link.link_id and link.prog_id == entry["progId"]
+    assert entry["preferredMode"] == "offload" and entry["digest"] == Path(entry["pinPath"]).parent.name
 
     # The mode and id are the kernel's: netlink, iproute2 and netdevsim agree.
     with Netlink() as nl:
@@ -277,10 +280,11 @@ def test_offload_preferred_is_attached_offloaded_and_reported(offloaded, measure
 
 
 def test_pins_removed_behind_its_back_are_repaired_without_touching_the_hook(offloaded) -> None:
-    """The status is what the agent re-pins from when pins vanish (its progId and pinPath):
+    """The status is what the agent re-pins from when pins vanish (its progId and digest):
     the offloaded program is re-pinned from the kernel under its own digest, maps and
-    contents kept; the host program (referenced by its pin only) is built again; the hook
-    is never touched."""
+    contents kept, and its link (held open by the agent, so its removed pin did not detach
+    it) is pinned again; the host program (referenced by its pin only) is built again; the
+    hook is never touched."""
     api, bpffs, port, name, running = (offloaded[k] for k in ("api", "bpffs", "port", "name", "agent"))
     entry = offloaded["status"]["interfaces"][0]
     prog_id, pin_path = entry["progId"], Path(entry["pinPath"])
@@ -307,7 +311,8 @@ def test_pins_removed_behind_its_back_are_repaired_without_touching_the_hook(off
         assert struct.unpack("Q", hits.lookup(struct.pack("I", 0)))[0] == 7
     assert not [e for e in events_of(api, name) if e[1] == reasons.DRIFT_REPAIRED]
     status = api.get(ATTACHMENTS, name)["status"]
-    assert status["interfaces"] == offloaded["status"]["interfaces"]
+    assert status["interfaces"] == offloaded["status"]["interfaces"]         # the same link id too
+    assert [v.link_id for v in PinStore(bpffs).list_links("ctl-offload")] == [status["interfaces"][0]["linkId"]]
     assert condition(status, "Ready")["status"] == "True"
     offloaded["status"] = status
     # (A reconcile that was between reading the pins and opening them may have failed and
@@ -374,9 +379,9 @@ def test_restart_adopts_the_offloaded_program_and_deletion_removes_it(offloaded,
 
 
 # -- (b) a per-CPU map with offload preferred, (c) offload or fail -----------------------------
-# The offload decision is the controller's, from the source (offload.check_source in
-# Agent._offload_builder), before any device-bound build: the only build is the host
-# program's.
+# The offload decision is the agent's, from the source (offload.check_source in
+# offloads.OffloadBuilds.builder_for), before any device-bound build: the only build is the
+# host program's.
 
 
 @pytest.fixture
@@ -454,7 +459,9 @@ def assert_offload_or_fail_stalled(status: dict, nsim, reason: str) -> str:
     assert condition(status, "Reconciling")["status"] == "False"
     assert status["reason"] == reason
     [entry] = status["interfaces"]
-    assert entry == {"name": nsim.ifname, "ready": False, "reason": reason, "message": entry["message"]}
+    assert entry == {"name": nsim.ifname, "ready": False, "preferredMode": "offload", "refused": entry["refused"],
+                     "reason": reason, "message": entry["message"]}
+    assert [(r["mode"], r["reason"]) for r in entry["refused"]] == [("offload", reason)]
     assert entry["message"].startswith(f"no allowed mode attached on {nsim.ifname}: offload: "), entry["message"]
     with Netlink() as nl:
         assert nl.read_xdp(nsim.ifname).attached is None
@@ -491,7 +498,7 @@ def test_offload_or_fail_with_an_unoffloadable_program(nsim, agent_on) -> None:
 # The program is offloadable and the device takes it bound (bpf_bind_accept=Y): the refusal
 # comes at the HW attach (EOPNOTSUPP with netdevsim's extack). The agent's path: the build
 # worker loads the device-bound program (kernel/offload.load_for_offload), the executor
-# attaches it in offload mode (execute.Executor._attach), the refusal is classified
+# attaches it in offload mode (attach.place, through execute.Executor), the refusal is classified
 # OffloadUnsupported with the kernel's own words, and the next allowed mode is tried.
 
 REFUSED_SRC = OFFLOADABLE_SRC.replace("xdp_hits", "xdp_refused")

@@ -1,36 +1,65 @@
-"""Planned actions run against FakeKernel (kube_xdp_agent.execute, .observe).
+"""Decided actions run against FakeKernel (kube_xdp_agent.execute, .observe, .decide).
 
-Each test plans from what `observe` reads, runs the Executor, then checks the kernel
-model itself: what a user would see with `ip link` and bpftool.
+Each test decides from what `observe` reads, runs the Executor (which changes hooks only
+through kernel/attach.py), then checks the kernel model itself: what a user would see
+with `ip link` and bpftool. The fake's link semantics (netlink refused while a link holds
+the hook, atomic link update, ...) are each checked on the real kernel in
+tests/kernel/test_link.py; the executor over the real kernel: tests/kernel/test_agent_links.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+
 import pytest
 
+from kube_xdp_agent.decide import Attach, Conflict, Detach, Keep, Reattach, Replace, Unpin, Wanted, cleanup, collect, decide
 from kube_xdp_agent.execute import Executor
 from kube_xdp_agent.kernel import CompileRequest, XdpState
+from kube_xdp_agent.kernel.errors import BpfSyscallError, HookBusy
+from kube_xdp_agent.observe import Hook, observe
 from tests.fakes import FakeKernel
-from kube_xdp_agent.observe import observe
-from kube_xdp_agent.plan import (
-    Attach,
-    Conflict,
-    Detach,
-    Hook,
-    Keep,
-    Reattach,
-    Replace,
-    Unpin,
-    plan_attach,
-    plan_cleanup,
-    plan_gc,
-)
 
 NETNS, BPFFS = "node", "/sys/fs/bpf"
 PROG, OTHER = "drop-udp", "rate-limit"
 OLD, NEW, OTHER_DIGEST = "aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"
 BOTH = ("native", "generic")
 SOURCE = "int xdp_pass(struct xdp_md *ctx) { return XDP_PASS + 0 * VERSION; }"
+
+
+class Recording:
+    """Wraps a netlink or links handle: records each write and the hook right after it."""
+
+    WRITES = {"attach", "detach", "create", "update"}
+
+    def __init__(self, inner, netlink, calls: list, *, lie_mode: str | None = None) -> None:
+        self.inner, self.netlink, self.calls, self.lie_mode = inner, netlink, calls, lie_mode
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name not in self.WRITES:
+            return attr
+
+        def recorded(*args, **kwargs):
+            result = attr(*args, **kwargs)
+            iface = kwargs.get("interface") or args[0]
+            kind = {"create": "link-create", "update": "link-update", "detach": "detach"}.get(name, name)
+            if name == "attach" and kwargs.get("expected_prog_fd") is not None:
+                kind = "replace"
+            if name == "detach" and "interface" in kwargs and not isinstance(args[0], str):
+                kind = "link-detach"
+            mode = args[2] if name in ("attach", "create") else (args[1] if name == "detach" and kind == "detach"
+                                                                 else None)
+            self.calls.append((kind, iface, mode))
+            return result
+        return recorded
+
+    def read_xdp(self, name):
+        state = self.inner.read_xdp(name)
+        if self.lie_mode and state.attached:
+            return XdpState(attached=self.lie_mode)         # says: nothing in the mode it was put in
+        return state
 
 
 class Node:
@@ -44,8 +73,15 @@ class Node:
         self.kernel.add_interface("eth1", netns=NETNS)
         self.kernel.add_interface("eth2", netns=NETNS, modes=("generic",), driver="dummy")
         self.kernel.mount_bpffs(BPFFS)
-        self.netlink = self.kernel.netlink(NETNS)
-        self.pins = self.kernel.pin_store(BPFFS)
+        self.node = self.kernel.node(NETNS, BPFFS)
+        self.netlink, self.pins = self.node.netlink, self.node.pins
+        self.calls: list[tuple] = []
+
+    def record(self, *, lie_mode: str | None = None) -> list[tuple]:
+        """From now on, record the writes to hooks (netlink and links)."""
+        self.node = dataclasses.replace(self.node, netlink=Recording(self.netlink, None, self.calls, lie_mode=lie_mode),
+                                        links=Recording(self.node.links, self.netlink, self.calls))
+        return self.calls
 
     def pin(self, program: str, digest: str, version: str = "1") -> int:
         """Compile, pin under `digest`, drop the loader's fds (as the agent does); the prog id."""
@@ -59,6 +95,7 @@ class Node:
         return self.netlink.read_xdp(iface).occupant
 
     def put(self, iface: str, program: str, digest: str, mode: str) -> None:
+        """Attach through netlink, as an older agent (or a kernel without links) did."""
         with self.pins.open_prog_fd(program, digest) as fd:
             self.netlink.attach(iface, fd.fd, mode)
 
@@ -66,43 +103,22 @@ class Node:
         with self.pins.open_prog_fd(program, digest) as fd:
             self.netlink.detach(iface, mode, expected_prog_fd=fd.fd)
 
-    def executor(self, program: str = PROG, want: str | None = NEW, netlink=None) -> Executor:
-        want_id = {p.digest12: p.prog_id for p in self.pins.open_pinned(program)}.get(want)
-        return Executor(netlink or self.netlink, self.pins, program=program, want=want, want_id=want_id)
+    def executor(self, program: str = PROG, want: str | None = NEW, modes=BOTH) -> Executor:
+        return Executor(self.node, program=program, want=want, modes=modes)
 
-    def attach_plan(self, targets, modes=BOTH, program=PROG, want=NEW):
-        return plan_attach(program=program, want=want, targets=list(targets), modes=modes,
-                           observed=observe(self.netlink, self.pins))
+    def decide(self, targets, modes=BOTH, program=PROG, want=NEW, record=None):
+        return decide(Wanted(program=program, digest=want, targets=tuple(targets), modes=modes),
+                      self.observe(), record or {})
+
+    def run(self, targets, modes=BOTH, program=PROG, want=NEW):
+        actions = self.decide(targets, modes, program, want)
+        return actions, self.executor(program, want, modes).run(actions)
+
+    def observe(self):
+        return observe(self.netlink, self.pins)
 
     def pinned_digests(self, program: str = PROG) -> list[str]:
         return self.pins.list_programs().get(program, [])
-
-
-class RecordingNetlink:
-    """Wraps a netlink handle: records each write and the hook right after it."""
-
-    def __init__(self, inner, *, lie_mode: str | None = None) -> None:
-        self.inner = inner
-        self.calls: list[tuple[str, str, str, tuple[int | None, str | None]]] = []
-        self.lie_mode = lie_mode     # report the program in this mode instead of what the kernel says
-
-    def attach(self, name, prog_fd, mode, *, expected_prog_fd=None):
-        state = self.inner.attach(name, prog_fd, mode, expected_prog_fd=expected_prog_fd)
-        self.calls.append(("replace" if expected_prog_fd is not None else "attach", name, mode,
-                           self.inner.read_xdp(name).occupant))
-        if self.lie_mode:
-            pid = state.prog_id_for(mode)
-            return XdpState(attached=self.lie_mode, prog_id=pid,
-                            **{{"native": "drv_prog_id", "generic": "skb_prog_id"}[self.lie_mode]: pid})
-        return state
-
-    def detach(self, name, mode, *, expected_prog_fd):
-        state = self.inner.detach(name, mode, expected_prog_fd=expected_prog_fd)
-        self.calls.append(("detach", name, mode, self.inner.read_xdp(name).occupant))
-        return state
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 @pytest.fixture
@@ -118,56 +134,64 @@ def assert_read_back(node: Node, outcome) -> None:
 
 
 # --- observe ------------------------------------------------------------------------------
-def test_observe_reads_hooks_primary_and_pins(node):
+def test_observe_reads_hooks_primary_pins_and_links(node):
     old_id, new_id = node.pin(PROG, OLD, "1"), node.pin(PROG, NEW, "2")
     other_id = node.pin(OTHER, OTHER_DIGEST, "3")
-    node.put("eth0", PROG, NEW, "native")
-    node.put("eth2", OTHER, OTHER_DIGEST, "generic")
+    node.run(["eth0"])                                          # by link
+    node.put("eth2", OTHER, OTHER_DIGEST, "generic")            # through netlink
     foreign = node.kernel.attach_foreign("eth1", "generic", netns=NETNS)
-    seen = observe(node.netlink, node.pins)
+    seen = node.observe()
     assert seen.hooks == {"lo": Hook("lo", None, None), "eth0": Hook("eth0", new_id, "native"),
                           "eth1": Hook("eth1", foreign, "generic"), "eth2": Hook("eth2", other_id, "generic")}
     assert seen.primary == "eth0"
     assert seen.pins == {PROG: {OLD: old_id, NEW: new_id}, OTHER: {OTHER_DIGEST: other_id}}
-    assert seen.owner(new_id) == (PROG, NEW)
-    assert seen.owner(other_id) == (OTHER, OTHER_DIGEST)
-    assert seen.owner(foreign) is None
+    [link] = seen.links
+    assert (link.program, link.interface, link.prog_id, link.where, link.mode, link.pinned) == (
+        PROG, "eth0", new_id, "attached", "native", True)
+    assert seen.hook_owner("eth0", new_id).link == link              # a kernel fact: our link holds it
+    assert seen.hook_owner("eth2", other_id).link is None            # netlink: by its pin
+    assert seen.hook_owner("eth2", other_id).program == OTHER
+    assert seen.hook_owner("eth1", foreign) is None
     assert seen.owner(None) is None
 
 
 def test_observe_without_default_route(node):
     node.kernel.set_default_route(None, netns=NETNS)
-    assert observe(node.netlink, node.pins).primary is None
+    assert node.observe().primary is None
 
 
 # --- attach ----------------------------------------------------------------------------------
-def test_attach_native(node):
+def test_attach_creates_and_pins_a_link(node):
     want_id = node.pin(PROG, NEW)
-    actions = node.attach_plan(["eth0"])
+    actions, out = node.run(["eth0"])
     assert actions == [Attach("eth0", BOTH)]
-    out = node.executor().run(actions)
     [r] = out.interfaces
-    assert (r.interface, r.ok, r.mode, r.prog_id, r.reason, r.changed) == ("eth0", True, "native", want_id, None, True)
+    assert (r.interface, r.ok, r.mode, r.prog_id, r.digest, r.attached_by, r.reason, r.changed, r.tried) == (
+        "eth0", True, "native", want_id, NEW, "link", None, True, True)
+    pinned = node.pins.read_link(PROG, "eth0")
+    assert pinned.link_id == r.link_id and pinned.prog_id == want_id
     assert node.hook("eth0") == (want_id, "native")
+    with pytest.raises(HookBusy):                                 # the kernel holds it for us
+        node.take_off("eth0", PROG, NEW, "native")
     assert out.errors == []
 
 
 def test_attach_tries_modes_in_the_given_order(node):
     want_id = node.pin(PROG, NEW)
-    out = node.executor().run(node.attach_plan(["eth0"], modes=("generic", "native")))
+    _, out = node.run(["eth0"], modes=("generic", "native"))
     assert node.hook("eth0") == (want_id, "generic")
-    assert out.interfaces[0].reason is None
+    assert out.interfaces[0].refused == ()
 
 
-def test_native_refused_falls_back_to_generic(node):
+def test_native_refused_falls_back_to_generic_with_each_refusal(node):
     want_id = node.pin(PROG, NEW)
-    out = node.executor().run(node.attach_plan(["eth2"]))          # eth2: generic only
+    _, out = node.run(["eth2"])                                   # eth2: generic only
     [r] = out.interfaces
-    assert r.ok and r.changed
-    assert (r.mode, r.prog_id) == ("generic", want_id)
-    assert r.reason == "DriverModeUnsupported"
-    assert "attached in generic mode" in r.message
-    assert "native: the driver refused XDP in native mode" in r.message      # the refusal's own text
+    assert r.ok and r.changed and r.tried
+    assert (r.mode, r.prog_id, r.attached_by) == ("generic", want_id, "link")
+    [refusal] = r.refused
+    assert (refusal.mode, refusal.reason, refusal.errno) == ("native", "DriverModeUnsupported", errno.EOPNOTSUPP)
+    assert "the driver refused XDP in native mode" in refusal.message   # the kernel layer's own words
     assert node.hook("eth2") == (want_id, "generic")
     assert_read_back(node, out)
 
@@ -175,39 +199,36 @@ def test_native_refused_falls_back_to_generic(node):
 @pytest.mark.parametrize("modes", [("native",), ("native", "offload")], ids=["native-only", "native-then-offload"])
 def test_every_mode_refused_is_a_failure(node, modes):
     node.pin(PROG, NEW)
-    out = node.executor().run(node.attach_plan(["eth2"], modes=modes))
+    _, out = node.run(["eth2"], modes=modes)
     [r] = out.interfaces
     assert not r.ok and r.mode is None and r.prog_id is None
     assert r.reason == "DriverModeUnsupported"
     assert r.message.startswith("no allowed mode attached on eth2")
-    for mode in modes:
-        assert f"{mode}: the driver refused XDP in {mode} mode" in r.message
+    assert [x.mode for x in r.refused] == list(modes)
     assert node.hook("eth2") == (None, None)
 
 
 def test_hook_taken_after_observing_is_a_conflict_and_left(node):
     node.pin(PROG, NEW)
-    actions = node.attach_plan(["eth0"])                            # planned on an empty hook...
+    actions = node.decide(["eth0"])                               # decided on an empty hook...
     foreign = node.kernel.attach_foreign("eth0", "generic", netns=NETNS)   # ...taken meanwhile
-    out = node.executor().run(actions)
-    [r] = out.interfaces
+    [r] = node.executor().run(actions).interfaces
     assert not r.ok and r.reason == "Conflict"
     assert str(foreign) in r.message
     assert node.hook("eth0") == (foreign, "generic")
 
 
 @pytest.mark.parametrize("owner", [OTHER, None], ids=["other-xdpprogram", "foreign"])
-def test_planned_conflict_reports_the_owner_and_touches_nothing(node, owner):
+def test_a_decided_conflict_reports_the_owner_and_touches_nothing(node, owner):
     node.pin(PROG, NEW)
     if owner:
         node.pin(OTHER, OTHER_DIGEST, "9")
-        node.put("eth0", OTHER, OTHER_DIGEST, "native")
+        node.run(["eth0"], program=OTHER, want=OTHER_DIGEST)
     else:
         node.kernel.attach_foreign("eth0", "native", netns=NETNS)
     before = node.hook("eth0")
-    actions = node.attach_plan(["eth0"])
+    actions, out = node.run(["eth0"])
     assert actions == [Conflict("eth0", before[0], "native", owner)]
-    out = node.executor().run(actions)
     [r] = out.interfaces
     assert (r.ok, r.reason) == (False, "Conflict")
     assert (f"XdpProgram {OTHER}" if owner else "not managed by kube-xdp") in r.message
@@ -224,36 +245,44 @@ def test_one_failure_does_not_stop_the_others(node):
 
 
 # --- restart adoption -------------------------------------------------------------------
-def test_restart_adopts_without_touching_the_hook(node):
+def test_restart_adopts_the_pinned_links_without_touching_the_hook(node):
     want_id = node.pin(PROG, NEW)
-    node.executor().run(node.attach_plan(["eth0", "eth2"]))
-    node.kernel.restart()                                        # the agent dies; pins and hooks stay
-    actions = node.attach_plan(["eth0", "eth2"])
-    assert actions == [Keep("eth0", want_id, "native"), Keep("eth2", want_id, "generic")]
-    spy = RecordingNetlink(node.netlink)
-    out = node.executor(netlink=spy).run(actions)
-    assert spy.calls == []                                        # nothing re-attached
-    assert [(r.ok, r.changed) for r in out.interfaces] == [(True, False), (True, False)]
+    _, first = node.run(["eth0", "eth2"])
+    links = {r.interface: r.link_id for r in first.interfaces}
+    node.kernel.restart()                                        # the agent dies; pins, links and hooks stay
+    record = {r.interface: _record(r) for r in first.interfaces}
+    actions = node.decide(["eth0", "eth2"], record=record)
+    assert actions == [Keep("eth0", want_id, "native", NEW, links["eth0"]),
+                       Keep("eth2", want_id, "generic", NEW, links["eth2"])]
+    calls = node.record()
+    out = node.executor().run(actions)
+    assert calls == []                                            # nothing re-attached
+    assert [(r.ok, r.changed, r.link_id) for r in out.interfaces] == [(True, False, links["eth0"]),
+                                                                     (True, False, links["eth2"])]
     assert_read_back(node, out)
 
 
-# --- replace, reattach, gc -----------------------------------------------------------------
-def test_replace_is_atomic_then_the_old_program_is_collected(node):
+def _record(r):
+    from kube_xdp_agent.record import IfaceRecord
+    return IfaceRecord(r.interface, r.ok, r.mode, "native", r.refused, r.attached_by, r.link_id, r.prog_id, r.digest)
+
+
+# --- replace, reattach, collect -----------------------------------------------------------
+def test_an_update_is_one_atomic_link_update_then_the_old_program_is_collected(node):
     old_id = node.pin(PROG, OLD, "1")
-    node.put("eth0", PROG, OLD, "native")
-    node.put("eth2", PROG, OLD, "generic")
+    node.run(["eth0", "eth2"], want=OLD)
+    links = {v.interface: v.link_id for v in node.observe().links}
     new_id = node.pin(PROG, NEW, "2")
-    actions = node.attach_plan(["eth0", "eth2"])
-    assert actions == [Replace("eth0", OLD, "native"), Replace("eth2", OLD, "generic")]
-    spy = RecordingNetlink(node.netlink)
-    out = node.executor(netlink=spy).run(actions)
-    # One REPLACE per hook, no detach: the hook is never empty (old id -> new id).
-    assert spy.calls == [("replace", "eth0", "native", (new_id, "native")),
-                         ("replace", "eth2", "generic", (new_id, "generic"))]
-    assert [(r.interface, r.ok, r.mode, r.prog_id) for r in out.interfaces] == [
-        ("eth0", True, "native", new_id), ("eth2", True, "generic", new_id)]
-    assert node.kernel.prog_exists(old_id)                       # still pinned until gc
-    gc = plan_gc(program=PROG, keep=NEW, observed=observe(node.netlink, node.pins))
+    actions = node.decide(["eth0", "eth2"])
+    assert actions == [Replace("eth0", old_id, "native"), Replace("eth2", old_id, "generic")]
+    calls = node.record()
+    out = node.executor().run(actions)
+    # One BPF_LINK_UPDATE per hook, no detach: the hook is never empty (old id -> new id).
+    assert calls == [("link-update", "eth0", None), ("link-update", "eth2", None)]
+    assert [(r.interface, r.ok, r.mode, r.prog_id, r.link_id, r.tried) for r in out.interfaces] == [
+        ("eth0", True, "native", new_id, links["eth0"], False), ("eth2", True, "generic", new_id, links["eth2"], False)]
+    assert node.kernel.prog_exists(old_id)                       # still pinned until collected
+    gc = collect(PROG, {NEW}, node.observe())
     assert gc == [Unpin(PROG, OLD)]
     node.executor().run(gc)
     assert node.pinned_digests() == [NEW]
@@ -261,28 +290,45 @@ def test_replace_is_atomic_then_the_old_program_is_collected(node):
     assert node.hook("eth0") == (new_id, "native")
 
 
-def test_replace_of_a_hook_emptied_meanwhile_fails_without_attaching(node):
+def test_an_update_of_an_older_agents_netlink_attachment_is_an_atomic_netlink_replace(node):
+    old_id = node.pin(PROG, OLD, "1")
+    node.put("eth0", PROG, OLD, "native")
+    new_id = node.pin(PROG, NEW, "2")
+    actions = node.decide(["eth0"])
+    assert actions == [Replace("eth0", old_id, "native")]
+    calls = node.record()
+    [r] = node.executor().run(actions).interfaces
+    assert calls == [("replace", "eth0", "native")]
+    assert (r.ok, r.prog_id, r.attached_by, r.link_id) == (True, new_id, "netlink", None)
+
+
+def test_a_replace_of_a_hook_emptied_meanwhile_attaches_afresh(node):
     node.pin(PROG, OLD, "1")
     node.put("eth0", PROG, OLD, "native")
-    node.pin(PROG, NEW, "2")
-    actions = node.attach_plan(["eth0"])
+    new_id = node.pin(PROG, NEW, "2")
+    actions = node.decide(["eth0"])
     node.take_off("eth0", PROG, OLD, "native")
     [r] = node.executor().run(actions).interfaces
-    assert (r.ok, r.reason) == (False, "AttachFailed")
-    assert node.hook("eth0") == (None, None)
+    assert (r.ok, r.prog_id, r.attached_by, r.tried) == (True, new_id, "link", True)
 
 
+@pytest.mark.parametrize("by_link", [True, False], ids=["link", "netlink"])
 @pytest.mark.parametrize("old_digest", [NEW, OLD], ids=["same-program", "older-digest"])
-def test_reattach_moves_to_an_allowed_mode(node, old_digest):
-    node.pin(PROG, OLD, "1")
+def test_reattach_moves_to_an_allowed_mode(node, old_digest, by_link):
+    old_id = node.pin(PROG, OLD, "1")
     new_id = node.pin(PROG, NEW, "2")
-    node.put("eth0", PROG, old_digest, "generic")
-    actions = node.attach_plan(["eth0"], modes=("native",))
-    assert actions == [Reattach("eth0", old_digest, "generic", ("native",))]
-    spy = RecordingNetlink(node.netlink)
-    out = node.executor(netlink=spy).run(actions)
-    assert [c[:3] for c in spy.calls] == [("detach", "eth0", "generic"), ("attach", "eth0", "native")]
+    if by_link:
+        node.run(["eth0"], modes=("generic",), want=old_digest)
+    else:
+        node.put("eth0", PROG, old_digest, "generic")
+    actions = node.decide(["eth0"], modes=("native",))
+    assert actions == [Reattach("eth0", new_id if old_digest == NEW else old_id, "generic", ("native",), by_link)]
+    calls = node.record()
+    out = node.executor(modes=("native",)).run(actions)
+    assert calls == [("link-detach" if by_link else "detach", "eth0", None if by_link else "generic"),
+                     ("link-create", "eth0", "native")]
     assert node.hook("eth0") == (new_id, "native")
+    assert out.interfaces[0].moved
     assert_read_back(node, out)
 
 
@@ -290,26 +336,24 @@ def test_reattach_moves_to_an_allowed_mode(node, old_digest):
 def test_untargeted_interface_is_detached_others_kept(node):
     want_id = node.pin(PROG, NEW)
     other_id = node.pin(OTHER, OTHER_DIGEST, "9")
-    node.put("eth0", PROG, NEW, "native")
-    node.put("eth1", PROG, NEW, "native")
+    node.run(["eth0", "eth1"])
     node.put("eth2", OTHER, OTHER_DIGEST, "generic")
-    out = node.executor().run(node.attach_plan(["eth0"]))
+    _, out = node.run(["eth0"])
     assert out.detached == ["eth1"]
     assert node.hook("eth0") == (want_id, "native")
-    assert node.hook("eth1") == (None, None)
+    assert node.hook("eth1") == (None, None) and node.pins.read_link(PROG, "eth1") is None
     assert node.hook("eth2") == (other_id, "generic")
 
 
-def test_detach_leaves_a_foreign_program_that_took_the_hook(node):
+def test_a_netlink_detach_leaves_a_foreign_program_that_took_the_hook(node):
     node.pin(PROG, NEW)
     node.put("eth1", PROG, NEW, "native")
-    actions = node.attach_plan([])
-    assert actions == [Detach("eth1", NEW, "native")]
-    node.take_off("eth1", PROG, NEW, "native")                   # behind our back...
+    actions = node.decide([])
+    assert actions == [Detach("eth1", node.hook("eth1")[0], "native", by_link=False)]
+    node.take_off("eth1", PROG, NEW, "native")                   # behind our back (netlink: possible)...
     foreign = node.kernel.attach_foreign("eth1", "native", netns=NETNS)   # ...someone else's
     out = node.executor().run(actions)
-    assert out.detached == []
-    assert [reason for reason, _ in out.errors] == ["HookBusy"]
+    assert out.detached == [] and out.errors == []                # ours was not there: nothing to do
     assert node.hook("eth1") == (foreign, "native")
 
 
@@ -317,38 +361,47 @@ def test_detach_leaves_a_foreign_program_that_took_the_hook(node):
 def test_cleanup_detaches_and_unpins_only_this_program(node):
     old_id, new_id = node.pin(PROG, OLD, "1"), node.pin(PROG, NEW, "2")
     other_id = node.pin(OTHER, OTHER_DIGEST, "9")
-    node.put("eth0", PROG, NEW, "native")
+    node.run(["eth0"])
     node.put("eth1", PROG, OLD, "generic")
-    node.put("eth2", OTHER, OTHER_DIGEST, "generic")
-    actions = plan_cleanup(program=PROG, observed=observe(node.netlink, node.pins))
-    out = node.executor(want=None).run(actions)
+    node.run(["eth2"], program=OTHER, want=OTHER_DIGEST)
+    out = node.executor(want=None).run(cleanup(PROG, node.observe()))
     assert out.detached == ["eth0", "eth1"]
     assert out.unpinned == [f"{PROG}/*"]
     assert out.errors == []
     assert (node.hook("eth0"), node.hook("eth1")) == ((None, None), (None, None))
-    assert node.pinned_digests() == []
+    assert node.pinned_digests() == [] and node.pins.list_links(PROG) == []
     assert not node.kernel.prog_exists(old_id) and not node.kernel.prog_exists(new_id)
     assert node.hook("eth2") == (other_id, "generic")
     assert node.pinned_digests(OTHER) == [OTHER_DIGEST]
 
 
+class FailingDetach:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def detach(self, link_fd, *, interface=None):
+        raise BpfSyscallError("detaching the XDP link failed: Operation not permitted", cmd="BPF_LINK_DETACH",
+                              errno=errno.EPERM, interface=interface)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 def test_cleanup_with_a_failed_detach_keeps_the_pins(node):
     node.pin(PROG, NEW)
-    node.put("eth0", PROG, NEW, "native")
-    node.put("eth1", PROG, NEW, "native")
-    actions = plan_cleanup(program=PROG, observed=observe(node.netlink, node.pins))
-    node.take_off("eth1", PROG, NEW, "native")
-    foreign = node.kernel.attach_foreign("eth1", "native", netns=NETNS)
+    node.run(["eth0", "eth1"])
+    actions = cleanup(PROG, node.observe())
+    node.node = dataclasses.replace(node.node, links=FailingDetach(node.node.links))
     out = node.executor(want=None).run(actions)
-    assert out.detached == ["eth0"]
+    assert out.detached == []
     assert out.unpinned == []
-    assert [reason for reason, _ in out.errors] == ["HookBusy"]
+    assert [reason for reason, _ in out.errors] == ["DetachFailed", "DetachFailed"]
     assert node.pinned_digests() == [NEW]                         # kept: retried on the next pass
-    assert node.hook("eth1") == (foreign, "native")
+    assert node.hook("eth0")[0] is not None
 
 
 def test_cleanup_of_nothing_is_a_no_op(node):
-    assert plan_cleanup(program=PROG, observed=observe(node.netlink, node.pins)) == []
+    assert cleanup(PROG, node.observe()) == []
     out = node.executor(want=None).run([])
     assert (out.interfaces, out.detached, out.unpinned, out.errors) == ([], [], [], [])
 
@@ -356,18 +409,10 @@ def test_cleanup_of_nothing_is_a_no_op(node):
 # --- results are what netlink read back ----------------------------------------------------
 def test_a_read_back_that_does_not_show_the_program_in_the_mode_is_a_failure(node):
     node.pin(PROG, NEW)
-    spy = RecordingNetlink(node.netlink, lie_mode="generic")     # netlink says: not in native
-    [r] = node.executor(netlink=spy).run([Attach("eth0", ("native",))]).interfaces
+    node.record(lie_mode="generic")                               # netlink says: not in native
+    [r] = node.executor().run([Attach("eth0", ("native",))]).interfaces
     assert (r.ok, r.reason, r.mode) == (False, "AttachFailed", None)
-    assert "netlink reports program None" in r.message
-
-
-def test_a_wrong_expected_program_id_is_a_failure(node):
-    node.pin(PROG, NEW)
-    executor = Executor(node.netlink, node.pins, program=PROG, want=NEW, want_id=12345)
-    [r] = executor.run([Attach("eth0", BOTH)]).interfaces
-    assert (r.ok, r.reason) == (False, "AttachFailed")
-    assert "expected 12345" in r.message
+    assert "not confirmed: netlink reads program None in native mode" in r.message
 
 
 # --- a native program and an offloaded one on one interface ('xdpmulti') --------------------
@@ -384,18 +429,38 @@ def test_observe_sees_an_offloaded_program_beside_a_native_one(offload_node):
     node.put("eth3", PROG, NEW, "offload")
     foreign = node.kernel.attach_foreign("eth3", "native", netns=NETNS)
     assert node.netlink.read_xdp("eth3").attached == "multi"
-    assert observe(node.netlink, node.pins).hooks["eth3"] == Hook("eth3", foreign, "native", ours)
+    assert node.observe().hooks["eth3"] == Hook("eth3", foreign, "native", ours)
     node.take_off("eth3", PROG, NEW, "offload")
-    assert observe(node.netlink, node.pins).hooks["eth3"] == Hook("eth3", foreign, "native")
+    assert node.observe().hooks["eth3"] == Hook("eth3", foreign, "native")
 
 
-def test_cleanup_detaches_our_offloaded_program_beside_a_foreign_native_one(offload_node):
+@pytest.mark.parametrize("by_link", [True, False], ids=["link", "netlink"])
+def test_cleanup_detaches_our_offloaded_program_beside_a_foreign_native_one(offload_node, by_link):
     node = offload_node
     node.pin(PROG, NEW, "2")
-    node.put("eth3", PROG, NEW, "offload")
+    if by_link:
+        node.run(["eth3"], modes=("offload",))
+    else:
+        node.put("eth3", PROG, NEW, "offload")
     foreign = node.kernel.attach_foreign("eth3", "native", netns=NETNS)
-    outcome = node.executor().run(plan_cleanup(program=PROG, observed=observe(node.netlink, node.pins)))
+    outcome = node.executor().run(cleanup(PROG, node.observe()))
     assert outcome.detached == ["eth3"] and outcome.errors == []
     state = node.netlink.read_xdp("eth3")
     assert state.hw_prog_id is None and state.drv_prog_id == foreign      # the foreign one untouched
     assert node.pinned_digests() == []
+
+
+def test_a_netlink_slot_beside_our_link_is_detached_without_touching_the_link(offload_node):
+    """Ours in both slots: native by our link, offload through netlink (an older agent):
+    the one not wanted goes, and only that one (attach.remove(link=False))."""
+    node = offload_node
+    want_id = node.pin(PROG, NEW, "2")
+    node.run(["eth3"])
+    node.put("eth3", PROG, NEW, "offload")
+    actions = node.decide(["eth3"])
+    assert actions[1:] == [Detach("eth3", want_id, "offload", by_link=False)]
+    out = node.executor().run(actions)
+    assert out.detached == ["eth3"]
+    state = node.netlink.read_xdp("eth3")
+    assert (state.drv_prog_id, state.hw_prog_id) == (want_id, None)
+    assert node.pins.read_link(PROG, "eth3") is not None

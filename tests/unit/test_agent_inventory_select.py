@@ -316,7 +316,7 @@ def test_cli_hands_the_selection_to_the_publisher(monkeypatch, tmp_path, env, ar
         "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
         "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n")
     monkeypatch.setattr(agent_main.signal, "signal", lambda *a: None)
-    assert agent_main.main(["--node-name", "n1", "--kubeconfig", str(kubeconfig), *argv]) == 0
+    assert agent_main.main(["--node-name", "n1", "--kubeconfig", str(kubeconfig), "--health-port", "0", *argv]) == 0
     [agent] = ran
     assert agent.publisher.select(iface("eth5")) is probes_eth5
     assert agent.publisher.select(iface("veth0")) is probes_veth0

@@ -1,4 +1,4 @@
-"""What the agent did -> the XdpAttachment's status (kube_xdp_agent.report): pure."""
+"""What the agent did -> the XdpAttachment's status (kube_xdp_agent.report, .record): pure."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from kube_xdp_agent.execute import IfaceResult
-from kube_xdp_agent.report import attachment_status
+from kube_xdp_agent.record import IfaceRecord, Refused, fallback_message, from_status
+from kube_xdp_agent.report import attachment_status, transition_events
 from kube_xdp_api import conditions as cond
 from kube_xdp_api.schema import attachment_status_schema
 
@@ -16,9 +16,12 @@ GEN = 4
 PIN = "/sys/fs/bpf/kube-xdp/drop-udp/bbbbbbbbbbbb/prog"
 TAG = "0123456789abcdef"
 COMPILE = {"durationMs": 812, "cacheHit": False, "digest": "b" * 64}
-OK = [IfaceResult("eth0", True, "native", 101, changed=True), IfaceResult("eth1", True, "generic", 101)]
-FALLBACK = IfaceResult("eth2", True, "generic", 101, reason="DriverModeUnsupported",
-                       message="attached in generic mode; refused: native: the driver refused XDP in native mode")
+DIGEST = "bbbbbbbbbbbb"
+OK = [IfaceRecord("eth0", True, "native", "native", (), "link", 7, 101, DIGEST, TAG, PIN),
+      IfaceRecord("eth1", True, "generic", "generic", (), "netlink", None, 101, DIGEST, TAG, PIN)]
+REFUSED = (Refused("native", "DriverModeUnsupported", 95, "the driver refused XDP in native mode"),)
+FALLBACK = IfaceRecord("eth2", True, "generic", "native", REFUSED, "link", 8, 101, DIGEST, TAG, PIN,
+                       reason="DriverModeUnsupported", message=fallback_message("generic", REFUSED))
 VERIFIER_LOG = "bpf: Failed to load program: Permission denied\n" + "".join(
     f"{i}: (bf) r{i % 10} = r1 ; some verifier state line {i}\n" for i in range(400)) + \
     "R0 invalid mem access 'inv'\nprocessed 400 insns"
@@ -27,7 +30,7 @@ COMPILER_OUTPUT = "/virtual/main.c:3:12: error: use of undeclared identifier 'XD
 
 def status(old=None, now=T0, **kwargs):
     kwargs.setdefault("interfaces", OK)
-    return attachment_status(old=old, generation=GEN, now=now, pin_path=PIN, tag=TAG, **kwargs)
+    return attachment_status(old=old, generation=GEN, now=now, **kwargs).status
 
 
 def conditions_of(st):
@@ -51,8 +54,10 @@ def test_all_ok_is_ready():
     assert st["observedGeneration"] == GEN
     assert all(c["observedGeneration"] == GEN and c["lastTransitionTime"] == T0 for c in st["conditions"])
     assert st["interfaces"] == [
-        {"name": "eth0", "ready": True, "mode": "native", "progId": 101, "tag": TAG, "pinPath": PIN},
-        {"name": "eth1", "ready": True, "mode": "generic", "progId": 101, "tag": TAG, "pinPath": PIN},
+        {"name": "eth0", "ready": True, "mode": "native", "preferredMode": "native", "attachedBy": "link",
+         "linkId": 7, "progId": 101, "digest": DIGEST, "tag": TAG, "pinPath": PIN},
+        {"name": "eth1", "ready": True, "mode": "generic", "preferredMode": "generic", "attachedBy": "netlink",
+         "progId": 101, "digest": DIGEST, "tag": TAG, "pinPath": PIN},
     ]
     assert condition(st, "Ready")["message"] == "eth0=native, eth1=generic"
     assert st["compile"] == COMPILE
@@ -64,7 +69,34 @@ def test_fallback_is_ready_and_says_why():
     assert conditions_of(st)["Ready"] == ("True", "Attached")
     entry = st["interfaces"][1]
     assert (entry["ready"], entry["mode"], entry["reason"]) == (True, "generic", "DriverModeUnsupported")
-    assert "refused: native" in entry["message"]
+    assert (entry["preferredMode"], entry["refused"]) == ("native", [
+        {"mode": "native", "reason": "DriverModeUnsupported", "errno": 95,
+         "message": "the driver refused XDP in native mode"}])
+    assert entry["message"] == "attached in generic mode; refused: native: the driver refused XDP in native mode"
+
+
+def test_the_record_reads_back_what_it_wrote_but_no_prose():
+    """from_status(to_entry(r)) == r, but for the message and pin path: they are rebuilt,
+    never read (a refusal's own words are carried along, and compared by nothing)."""
+    st = status(interfaces=[OK[0], FALLBACK])
+    back = from_status(st)
+    assert back["eth0"] == OK[0].__class__(**{**OK[0].__dict__, "pin_path": None})
+    assert back["eth2"] == FALLBACK.__class__(**{**FALLBACK.__dict__, "pin_path": None, "message": ""})
+    assert back["eth2"].settled(("native", "generic")) and not back["eth2"].legacy
+    legacy = from_status({"interfaces": [{"name": "eth0", "ready": True, "mode": "generic", "progId": 3,
+                                          "reason": "DriverModeUnsupported", "message": "anything at all"}]})
+    assert legacy["eth0"].legacy and legacy["eth0"].settled(("native", "generic"))
+    assert from_status({"interfaces": [{"ready": True}, "junk", {"name": "eth0", "progId": "7"}]}) == {
+        "eth0": IfaceRecord("eth0", False, legacy=True)}
+
+
+def test_a_reason_not_in_the_catalogue_is_refused():
+    with pytest.raises(ValueError, match="CATALOGUE"):
+        IfaceRecord("eth0", False, reason="SomethingNew", message="x").to_entry()
+    with pytest.raises(ValueError, match="CATALOGUE"):
+        Refused("native", "SomethingNew").to_entry()
+    with pytest.raises(ValueError, match="CATALOGUE"):
+        attachment_status(old=None, generation=1, now=T0, failure=("SomethingNew", "x"))
 
 
 def test_success_after_a_failure_clears_reason_and_message():
@@ -76,7 +108,7 @@ def test_success_after_a_failure_clears_reason_and_message():
 
 # --- failures ----------------------------------------------------------------------------
 def failing(interface, reason, message):
-    return [OK[0], IfaceResult(interface, False, reason=reason, message=message)]
+    return [OK[0], IfaceRecord(interface, False, reason=reason, message=message)]
 
 
 STALLING = [
@@ -91,8 +123,8 @@ STALLING = [
     pytest.param({"failure": ("NoInterfacesMatched", "no interface matches pattern 'ens.*'"), "interfaces": []},
                  "NoInterfacesMatched", id="no-interfaces-matched"),
     pytest.param({"interfaces": []}, "NoInterfacesMatched", id="nothing-selected"),
-    pytest.param({"interfaces": [IfaceResult("eth1", False, reason="Conflict", message="eth1 busy"),
-                                 IfaceResult("eth7", False, reason="InterfaceNotFound", message="no eth7")]},
+    pytest.param({"interfaces": [IfaceRecord("eth1", False, reason="Conflict", message="eth1 busy"),
+                                 IfaceRecord("eth7", False, reason="InterfaceNotFound", message="no eth7")]},
                  "Conflict", id="different-stalling-reasons-first-one"),
 ]
 
@@ -112,8 +144,8 @@ TRANSIENT = [
                  "SourceDigestMismatch", id="source-digest-mismatch"),
     pytest.param({"failure": ("PinFailed", "bpffs not mounted"), "interfaces": None}, "PinFailed", id="pin-failed"),
     pytest.param({"interfaces": failing("eth1", "AttachFailed", "errno=EBUSY")}, "AttachFailed", id="attach-failed"),
-    pytest.param({"interfaces": [IfaceResult("eth1", False, reason="AttachFailed", message="EBUSY"),
-                                 IfaceResult("eth7", False, reason="InterfaceNotFound", message="no eth7")]},
+    pytest.param({"interfaces": [IfaceRecord("eth1", False, reason="AttachFailed", message="EBUSY"),
+                                 IfaceRecord("eth7", False, reason="InterfaceNotFound", message="no eth7")]},
                  "AttachFailed", id="mixed-transient-and-stalling-retries"),
 ]
 
@@ -174,9 +206,21 @@ def test_last_transition_time_moves_only_for_conditions_that_change():
 
 def test_observed_generation_follows_the_attachment():
     first = status()
-    st = attachment_status(old=first, generation=GEN + 1, now=T1, interfaces=OK)
+    st = attachment_status(old=first, generation=GEN + 1, now=T1, interfaces=OK).status
     assert st["observedGeneration"] == GEN + 1
     assert all(c["observedGeneration"] == GEN + 1 for c in st["conditions"])
+
+
+def test_a_warning_event_when_stalled_turns_true_or_changes_reason():
+    ok = attachment_status(old=None, generation=GEN, now=T0, interfaces=OK)
+    assert transition_events(None, ok) == []
+    stalled = attachment_status(old=ok.status, generation=GEN, now=T1, interfaces=failing("eth1", "Conflict", "busy"))
+    assert transition_events(ok.status, stalled) == [("Warning", "Conflict", "eth1: busy")]
+    again = attachment_status(old=stalled.status, generation=GEN, now=T1, interfaces=failing("eth1", "Conflict", "busy"))
+    assert transition_events(stalled.status, again) == []
+    other = attachment_status(old=again.status, generation=GEN, now=T1,
+                              interfaces=failing("eth7", "InterfaceNotFound", "gone"))
+    assert transition_events(again.status, other) == [("Warning", "InterfaceNotFound", "eth7: gone")]
 
 
 def test_compile_info_kept_from_the_old_status_when_not_given():

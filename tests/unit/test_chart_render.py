@@ -423,7 +423,13 @@ def test_agent_daemonset_defaults() -> None:
     (agent,) = pod["containers"]
     assert agent["command"] == ["kube-xdp-agent"]
     assert agent["args"] == [f"--bpffs={names.DEFAULT_BPFFS}", "--resync=3",
-                             f"--inventory-interfaces={DEFAULT_PROBE_PATTERN}"]
+                             f"--inventory-interfaces={DEFAULT_PROBE_PATTERN}",
+                             "--health-address=127.0.0.1", "--health-port=8081"]
+    # the agent's /healthz on the node's loopback (hostNetwork), probed there by the kubelet
+    assert agent["livenessProbe"] == {"httpGet": {"host": "127.0.0.1", "path": "/healthz", "port": 8081},
+                                      "initialDelaySeconds": 10, "periodSeconds": 20, "timeoutSeconds": 5,
+                                      "failureThreshold": 3}
+    assert "ports" not in agent                       # nothing to publish: loopback only
     assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in agent["env"]
     sc = agent["securityContext"]
     assert sc["privileged"] is False and sc["runAsUser"] == 0 and sc["readOnlyRootFilesystem"] is True
@@ -443,6 +449,22 @@ def test_agent_daemonset_defaults() -> None:
     assert init["securityContext"] == {"privileged": True}
     assert init["volumeMounts"] == [{"name": "bpffs", "mountPath": "/sys/fs/bpf", "mountPropagation": "Bidirectional"}]
     assert "mount -t bpf bpf" in init["command"][-1]
+
+
+def test_agent_health_port_moves_everywhere_and_is_the_agents_flag(capsys) -> None:
+    agent = agent_pod({"agent": {"health": {"port": 9911, "initialDelaySeconds": 10, "periodSeconds": 7,
+                                            "timeoutSeconds": 2, "failureThreshold": 4}}})["containers"][0]
+    assert agent["args"][-2:] == ["--health-address=127.0.0.1", "--health-port=9911"]
+    assert agent["livenessProbe"]["httpGet"]["port"] == 9911
+    assert (agent["livenessProbe"]["periodSeconds"], agent["livenessProbe"]["failureThreshold"]) == (7, 4)
+    from kube_xdp_agent.__main__ import main
+    from kube_xdp_agent.health import DEFAULT_ADDRESS, DEFAULT_PORT
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "--health-address" in out and "--health-port" in out
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert (DEFAULT_ADDRESS, DEFAULT_PORT) == ("127.0.0.1", values["agent"]["health"]["port"])   # the agent's defaults
 
 
 def _inventory_arg(values: dict | None = None) -> str:

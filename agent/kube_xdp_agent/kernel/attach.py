@@ -65,10 +65,11 @@ Atomicity of each path: link update, link takeover (update + pin rename) and net
 REPLACE are atomic. A first attach has nothing to be atomic with. A mode change, a
 removed link, and a `convert` leave the hook empty for a moment (a gap).
 
-`remove(node, program=, interface=, netlink_prog_fd=)`: our pinned link -> BPF_LINK_DETACH
-(the hook is free when it returns, even while another fd holds the link), unpin, close;
-else the netlink-attached program `netlink_prog_fd` (only where the hook still holds it:
-netlink detach with it as the expected program). Idempotent.
+`remove(node, program=, interface=, netlink_prog_fd=, link=True)`: our pinned link ->
+BPF_LINK_DETACH (the hook is free when it returns, even while another fd holds the link),
+unpin, close; else (or with `link=False`) the netlink-attached program `netlink_prog_fd`
+(only where the hook still holds it: netlink detach with it as the expected program).
+Idempotent.
 
 `link_records(node)`: our pinned links, each checked against this namespace's interfaces
 (attached here in mode M / defunct / elsewhere): what restart adoption reads.
@@ -637,13 +638,16 @@ def drop_link(node: Node, program: str, interface: str) -> bool:
     return True
 
 
-def remove(node: Node, *, program: str, interface: str, netlink_prog_fd: int | None = None) -> Removal:
+def remove(node: Node, *, program: str, interface: str, netlink_prog_fd: int | None = None,
+           link: bool = True, mode: str | None = None) -> Removal:
     """Take `program` off `interface` (see the module docstring). Raises HookBusy only if
     asked to detach a netlink program the hook does not hold while another program holds
     it in its mode (never touched); InterfaceNotFound never (a removed interface dropped
-    its hook)."""
+    its hook). `link=False`: leave our link alone and detach only the netlink-attached
+    program `netlink_prog_fd` in `mode` (a second slot of the program beside the one its
+    link holds: the same program may be in both)."""
     steps: list[Step] = []
-    pinned = node.pins.read_link(program, interface)
+    pinned = node.pins.read_link(program, interface) if link else None
     if pinned is not None:
         drop_link(node, program, interface)
         steps.append(Step(LINK_DETACHED, f"link {pinned.link_id} (program {pinned.prog_id}): detached, unpinned"))
@@ -655,7 +659,7 @@ def remove(node: Node, *, program: str, interface: str, netlink_prog_fd: int | N
     if state is None:
         return Removal(interface, None)
     prog = node.links.prog_id(netlink_prog_fd)
-    mode = _slot_mode(state, prog)
+    mode = mode if mode is not None and state.prog_id_for(mode) == prog else _slot_mode(state, prog)
     if mode is None:
         return Removal(interface, None, prog, state=state)
     try:
