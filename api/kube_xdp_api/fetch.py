@@ -1,7 +1,8 @@
 """Read a program's C source from the API server.
 
-The only module of kube_xdp_api that does I/O: operator (to compute the source digest)
-and agent (to compile) must read sources the same way.
+One of the few modules of kube_xdp_api that do I/O (with compat.py and events.py; see
+the package docstring): operator (to compute the source digest) and agent (to compile)
+must read sources the same way.
 """
 
 from __future__ import annotations

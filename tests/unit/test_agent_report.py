@@ -290,3 +290,22 @@ def test_schema_check_can_fail():
         check_schema({"observedGeneration": 1, "phase": "Ready"}, attachment_status_schema())
     with pytest.raises(AssertionError):
         check_schema({"interfaces": [{"name": "eth0", "mode": "turbo"}]}, attachment_status_schema())
+
+
+def test_the_record_written_is_the_schema_and_the_docs():
+    """Every field of an interface entry is declared in the CRD and documented in
+    docs/api.md's record table, and attachedBy's values are the agent's own."""
+    from pathlib import Path
+
+    from kube_xdp_agent import record
+    from kube_xdp_api import schema
+
+    item = attachment_status_schema()["properties"]["interfaces"]["items"]["properties"]
+    written = set(FALLBACK.to_entry()) | set(OK[0].to_entry())
+    assert written <= set(item)
+    assert item["attachedBy"]["enum"] == list(schema.ATTACHED_BY) == [record.LINK, record.NETLINK]
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    table = docs.split("Each `interfaces[]` entry is what the agent remembers")[1].split("\n\n")[1]
+    documented = set(re.findall(r"`([a-zA-Z]+)(?:\[\])?`", " ".join(line.split("|")[1] for line in table.splitlines()
+                                                                      if line.startswith("| `"))))
+    assert documented == set(item)
