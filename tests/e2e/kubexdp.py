@@ -81,5 +81,12 @@ def wait(predicate, timeout: float, what: str, interval: float = 0.25):
 
 
 def pins_of(bpffs: str, program: str) -> list[str]:
+    """The digests a program has pinned on a node (its links' pins aside: links_of)."""
     d = Path(bpffs) / "kube-xdp" / program
-    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+    return sorted(p.name for p in d.iterdir() if p.name != "links") if d.exists() else []
+
+
+def links_of(bpffs: str, program: str) -> list[str]:
+    """The interfaces a program has a pinned bpf_link on (pin names: '.' written as '+')."""
+    d = Path(bpffs) / "kube-xdp" / program / "links"
+    return sorted(p.name.replace("+", ".") for p in d.iterdir()) if d.exists() else []

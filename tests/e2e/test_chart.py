@@ -205,7 +205,10 @@ def test_api_server_accepted_the_agent_daemonset(installed, admin) -> None:
     agent = pod.containers[0]
     assert agent.image == MY_IMAGE
     assert agent.command == ["kube-xdp-agent"] and agent.args == [
-        "--bpffs=/sys/fs/bpf", "--resync=3", f"--inventory-interfaces={DEFAULT_PROBE_PATTERN}"]
+        "--bpffs=/sys/fs/bpf", "--resync=3", f"--inventory-interfaces={DEFAULT_PROBE_PATTERN}",
+        "--health-address=127.0.0.1", "--health-port=8081"]
+    probe = agent.liveness_probe.http_get               # the agent's /healthz on the node's loopback
+    assert (probe.host, probe.path, probe.port) == ("127.0.0.1", "/healthz", 8081)
     env = {e.name: e for e in agent.env}
     assert env["NODE_NAME"].value_from.field_ref.field_path == "spec.nodeName"
     assert agent.security_context.privileged is False
@@ -239,7 +242,7 @@ def test_api_server_accepted_the_service_accounts_and_rbac(installed, admin) -> 
 UPGRADE_VALUES = {**MY_VALUES, **ci_values("priorityclass-tolerations")}
 UPGRADE_VALUES["agent"] = {**UPGRADE_VALUES["agent"], "verbose": True}
 UPGRADED_AGENT_ARGS = ["--bpffs=/sys/fs/bpf", "--resync=3", f"--inventory-interfaces={DEFAULT_PROBE_PATTERN}",
-                       "--verbose"]
+                       "--health-address=127.0.0.1", "--health-port=8081", "--verbose"]
 
 
 def test_upgrade_with_a_values_file_changes_the_workloads(installed, rig, admin, tmp_path: Path) -> None:

@@ -11,11 +11,11 @@ server is back.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 import pytest
 
+from kube_xdp_agent.kernel import XdpLinks
 from kube_xdp_rig import workloads
 from kube_xdp_rig.rig import Rig
 from tests.e2e.kubexdp import kernel_xdp
@@ -37,6 +37,7 @@ def test_apiserver_outage_datapath_unaffected_and_everything_converges(fx, frig,
     fx.wait_ready("kxf-updated")
     steady_id = fx.iface_status("kxf-steady", "node-2", "eth0")["progId"]
     steady_n3 = fx.iface_status("kxf-steady", "node-3", "eth0")["progId"]
+    steady_link = fx.iface_status("kxf-steady", "node-3", "eth0")["linkId"]
     assert kernel_xdp(n3.netns, "eth0") == ("native", steady_n3)
     old_eth1 = {n: kernel_xdp(frig.node(n).netns, "eth1")[1] for n in ("node-1", "node-2")}
     counter = Counter(steady_id)
@@ -53,8 +54,12 @@ def test_apiserver_outage_datapath_unaffected_and_everything_converges(fx, frig,
         down = time.monotonic()
         try:
             time.sleep(3.0)
-            # drift during the outage: detached behind the agent's back, repaired without the API
-            subprocess.run(["ip", "-n", n3.netns, "link", "set", "dev", "eth0", "xdp", "off"], check=True)
+            # drift during the outage: detached behind the agent's back (its bpf_link detached, as
+            # `bpftool link detach` does: `ip link set ... xdp off` is refused by the kernel while
+            # the link holds the hook), repaired without the API
+            with XdpLinks(n3.netns).open_id(steady_link) as link:
+                XdpLinks(n3.netns).detach(link.fd)
+            assert kernel_xdp(n3.netns, "eth0") == (None, None)
             (_, repaired_id), repaired_in = wait_until(lambda: (lambda h: h if h[1] else None)(
                 kernel_xdp(n3.netns, "eth0")), 30, "node-3 eth0 repaired while the API server is down")
             time.sleep(max(0.0, OUTAGE - (time.monotonic() - down)))
