@@ -405,6 +405,30 @@ def read_features(netlink: Netlink) -> tuple[dict[int, DeviceFeatures] | None, b
     return features, features is not None
 
 
+def _interface_inventory(netlink: Netlink, iface: Interface, *, dev: DeviceFeatures | None,
+                         before: InterfaceInventory | None, attach_probe: bool,
+                         select: Callable[[Interface], bool] | None, modes: tuple[str, ...],
+                         prober: _Prober) -> InterfaceInventory | None:
+    """One interface's inventory (see probe_node); None when it went away while probed."""
+    listed, source = (dev.features, FROM_FEATURES) if dev is not None else (None, FROM_NONE)
+    if not attach_probe:
+        return InterfaceInventory(iface.name, iface.index, iface.driver, iface.kind,
+                                  () if dev is not None else tuple(ModeProbe(m, UNKNOWN, NOT_PROBED) for m in modes),
+                                  _attached(iface), features=listed, source=source)
+    if before and before.source == FROM_PROBE and before.index == iface.index \
+            and before.driver == iface.driver and not before.unknown_modes:
+        return InterfaceInventory(iface.name, iface.index, iface.driver, iface.kind, before.probes, _attached(iface),
+                                  features=listed)
+    if select is not None and not select(iface):
+        return InterfaceInventory(iface.name, iface.index, iface.driver, iface.kind,
+                                  tuple(ModeProbe(m, UNKNOWN, NOT_SELECTED) for m in modes), _attached(iface),
+                                  probed=False, features=listed, source=source)
+    try:
+        return probe_interface(netlink, iface.name, modes=modes, features=dev, _prober=prober)
+    except InterfaceNotFound:
+        return None  # went away while we probed
+
+
 def probe_node(netlink: Netlink, *, probe: str = PROBE_AUTO, previous: NodeInventory | None = None,
                modes: Iterable[str] = PROBE_ORDER, env: Mapping[str, str] | None = None,
                select: Callable[[Interface], bool] | None = None,
@@ -432,30 +456,11 @@ def probe_node(netlink: Netlink, *, probe: str = PROBE_AUTO, previous: NodeInven
     interfaces: list[InterfaceInventory] = []
     try:
         for iface in netlink.interfaces():
-            dev = (by_index or {}).get(iface.index)
-            listed = dev.features if dev is not None else None
-            before = old.get(iface.name)
-            if not attach_probe:
-                source = FROM_FEATURES if dev is not None else FROM_NONE
-                interfaces.append(InterfaceInventory(
-                    iface.name, iface.index, iface.driver, iface.kind,
-                    () if dev is not None else tuple(ModeProbe(m, UNKNOWN, NOT_PROBED) for m in modes),
-                    _attached(iface), features=listed, source=source))
-            elif before and before.source == FROM_PROBE and before.index == iface.index \
-                    and before.driver == iface.driver and not before.unknown_modes:
-                interfaces.append(InterfaceInventory(iface.name, iface.index, iface.driver, iface.kind,
-                                                     before.probes, _attached(iface), features=listed))
-            elif select is not None and not select(iface):
-                interfaces.append(InterfaceInventory(
-                    iface.name, iface.index, iface.driver, iface.kind,
-                    tuple(ModeProbe(m, UNKNOWN, NOT_SELECTED) for m in modes), _attached(iface), probed=False,
-                    features=listed, source=FROM_FEATURES if dev is not None else FROM_NONE))
-            else:
-                try:
-                    interfaces.append(probe_interface(netlink, iface.name, modes=modes, features=dev,
-                                                      _prober=prober))
-                except InterfaceNotFound:
-                    continue  # went away while we probed
+            found = _interface_inventory(netlink, iface, dev=(by_index or {}).get(iface.index),
+                                         before=old.get(iface.name), attach_probe=attach_probe, select=select,
+                                         modes=modes, prober=prober)
+            if found is not None:
+                interfaces.append(found)
     finally:
         prober.close()
     return NodeInventory(
