@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         agent.run()
     finally:
+        agent.close()
         if server is not None:
             server.close()
     return 0

@@ -128,12 +128,17 @@ class Agent:
             if key is not None:
                 process(self.queue, key, self.reconcile, self._failed)
                 self.health.worker_beat()
-        self.view.close()
 
     def shutdown(self) -> None:
         """Stop: the worker leaves its loop (after the reconcile it runs), the watch ends."""
         self.stopping.set()
         self.queue.shutdown()
+
+    def close(self) -> None:
+        """Release the kernel handles (the links held open, netlink) once `run` returned.
+        Call it from the thread that made the Agent: pyroute2's rtnetlink socket has an
+        event loop of that thread, which another thread cannot close."""
+        self.view.close()
 
     def reconcile(self, name: str) -> float | None:
         """Reconcile `name`; None when done, else the seconds after which to look again."""

@@ -168,6 +168,7 @@ class RunningAgent:
         self.api.end_watches()
         self.thread.join(timeout=120)
         assert not self.thread.is_alive(), "the agent did not stop"
+        self.agent.close()             # in the thread that made it (pyroute2's event loop)
 
     def wait_reconciled(self, more: int, timeout: float = CONVERGE) -> None:
         target = self.reconciled + more

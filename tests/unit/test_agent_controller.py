@@ -953,6 +953,7 @@ def test_the_worker_reads_the_kernel_afresh_after_idling(monkeypatch):
     finally:
         agent.shutdown()
         worker.join(10)
+        agent.close()
     assert not worker.is_alive()
 
 
