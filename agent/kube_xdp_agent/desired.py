@@ -50,20 +50,28 @@ def resolve_interfaces(selector: Interfaces, available: list[str], primary: str 
     a pattern matching nothing and a node without a default route are reported too.
     Loopback is never selected by a pattern or as primary.
     """
-    present = set(available)
     if selector.names:
-        names = [check_interface_name(n) for n in selector.names]
-        missing = [n for n in names if n not in present]
-        found = [n for n in names if n in present]
-        if missing:
-            return found, reasons.INTERFACE_NOT_FOUND, f"interface(s) {', '.join(missing)} not found on this node"
-        return found, None, ""
+        return _by_names(selector.names, set(available))
     if selector.pattern is not None:
-        rx = re.compile(selector.pattern)
-        found = sorted(n for n in available if n != "lo" and rx.fullmatch(n))
-        if not found:
-            return [], reasons.NO_INTERFACES_MATCHED, f"no interface matches pattern {selector.pattern!r} (have: {', '.join(sorted(present - {'lo'})) or 'none'})"
-        return found, None, ""
+        return _by_pattern(selector.pattern, available)
     if primary and primary != "lo":
         return [primary], None, ""
     return [], reasons.NO_INTERFACES_MATCHED, "no default route on this node: no primary interface"
+
+
+def _by_names(names: list[str], present: set[str]) -> tuple[list[str], str | None, str]:
+    wanted = [check_interface_name(n) for n in names]
+    missing = [n for n in wanted if n not in present]
+    found = [n for n in wanted if n in present]
+    if missing:
+        return found, reasons.INTERFACE_NOT_FOUND, f"interface(s) {', '.join(missing)} not found on this node"
+    return found, None, ""
+
+
+def _by_pattern(pattern: str, available: list[str]) -> tuple[list[str], str | None, str]:
+    rx = re.compile(pattern)
+    found = sorted(n for n in available if n != "lo" and rx.fullmatch(n))
+    if not found:
+        have = ", ".join(sorted(set(available) - {"lo"})) or "none"
+        return [], reasons.NO_INTERFACES_MATCHED, f"no interface matches pattern {pattern!r} (have: {have})"
+    return found, None, ""
