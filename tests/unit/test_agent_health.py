@@ -10,7 +10,6 @@ import urllib.request
 
 import pytest
 
-from kube_xdp_agent import __main__ as agent_main
 from kube_xdp_agent.health import WATCH_STALE, WORKER_STALE, Health, HealthServer
 
 
@@ -73,39 +72,23 @@ def test_a_port_in_use_is_an_error_at_start():
 def test_the_agent_exits_with_one_line_when_its_health_port_is_taken(monkeypatch, tmp_path, capsys):
     """main() as the DaemonSet runs it, over the in-memory kernel: no crash loop with a
     traceback, one line naming the address and the flags."""
-    import kube_xdp_agent.controller as controller
-    import kube_xdp_agent.kernel as kernel_pkg
     from kube_xdp_api import compat
-    from tests.fakes import FakeKernel
 
-    def host_kernel():
-        kernel = FakeKernel()
-        kernel.mount_bpffs("/sys/fs/bpf")
-        return kernel
+    from .agent_cli import offline_main
 
-    ran: list = []
-    monkeypatch.setattr(kernel_pkg, "HostKernel", host_kernel)
-    monkeypatch.setattr(controller.Agent, "run", lambda self: ran.append(self))
+    main, ran = offline_main(monkeypatch, tmp_path)
     monkeypatch.setattr(compat, "require_supported", lambda *a, **kw: None)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
-        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n")
-    monkeypatch.setattr(agent_main.signal, "signal", lambda *a: None)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code = agent_main.main(["--node-name", "n1", "--kubeconfig", str(kubeconfig), "--no-inventory",
-                                "--health-port", str(port)])
+        code = main(["--no-inventory", "--health-port", str(port)])
     assert code == 1 and ran == []
     err = capsys.readouterr().err.strip()
     assert err == (f"kube-xdp-agent: cannot serve /healthz on 127.0.0.1:{port}: Address already in use "
                    "(--health-address/--health-port)")
     # the port free: served while the agent runs, closed when it returns
-    assert agent_main.main(["--node-name", "n1", "--kubeconfig", str(kubeconfig), "--no-inventory",
-                            "--health-port", str(port)]) == 0
+    assert main(["--no-inventory", "--health-port", str(port)]) == 0
     assert len(ran) == 1
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))                 # released

@@ -294,29 +294,14 @@ def test_cli_rejects_an_invalid_pattern_from_the_environment(capsys, monkeypatch
 def test_cli_hands_the_selection_to_the_publisher(monkeypatch, tmp_path, env, argv, probes_eth5, probes_veth0) -> None:
     """main() as the DaemonSet runs it, over the in-memory kernel and with the agent's loop
     not run: the publisher the real Agent builds selects what the flag / environment says."""
-    import kube_xdp_agent.controller as controller
-    import kube_xdp_agent.kernel as kernel_pkg
+    from .agent_cli import offline_main
 
     if env is None:
         monkeypatch.delenv("KUBE_XDP_INVENTORY_INTERFACES", raising=False)
     else:
         monkeypatch.setenv("KUBE_XDP_INVENTORY_INTERFACES", env)
-    ran: list = []
-    monkeypatch.setattr(controller.Agent, "run", lambda self: ran.append(self))
-
-    def host_kernel():
-        kernel = FakeKernel()
-        kernel.mount_bpffs("/sys/fs/bpf")
-        return kernel
-
-    monkeypatch.setattr(kernel_pkg, "HostKernel", host_kernel)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
-        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n")
-    monkeypatch.setattr(agent_main.signal, "signal", lambda *a: None)
-    assert agent_main.main(["--node-name", "n1", "--kubeconfig", str(kubeconfig), "--health-port", "0", *argv]) == 0
+    main, ran = offline_main(monkeypatch, tmp_path)
+    assert main(["--health-port", "0", *argv]) == 0
     [agent] = ran
     assert agent.publisher.select(iface("eth5")) is probes_eth5
     assert agent.publisher.select(iface("veth0")) is probes_veth0
