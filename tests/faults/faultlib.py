@@ -23,16 +23,22 @@ max() keeps the worse one if they ever disagree.
 
 from __future__ import annotations
 
+import errno
+import json
 import struct
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 
 import kubernetes
 
-from kube_xdp_agent.kernel.bpfsys import BpfMap, prog_fd_by_id, prog_info
+from kube_xdp_agent.kernel import XdpLinks
+from kube_xdp_agent.kernel.bpfsys import BpfMap, link_fd_by_id, link_info, obj_get, prog_fd_by_id, prog_info
+from kube_xdp_agent.kernel.errors import BpfSyscallError
 from kube_xdp_api import names
 from kube_xdp_rig import traffic
+from kube_xdp_rig.netns import xdp_hook
 
 FAULT_PROG = """
 #include <uapi/linux/bpf.h>
@@ -110,6 +116,42 @@ class Counter:
 
     def close(self) -> None:
         self.map.close()
+
+
+# --- the hook and its bpf_link, as the kernel shows them -------------------------------------------
+def ifindex(netns: str, ifname: str) -> int:
+    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", "dev", ifname], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)[0]["ifindex"]
+
+
+def hook_link(netns: str, ifname: str) -> tuple[str | None, int | None, int | None]:
+    """(mode, prog id, link id) of an interface's hook: mode and prog id as iproute2 reads
+    them, and the id of the bpf_link holding that program on that device, from the
+    kernel's table of links (None: attached through netlink, or nothing attached)."""
+    mode, prog_id = xdp_hook(netns, ifname)
+    if prog_id is None:
+        return mode, None, None
+    holder = XdpLinks(netns).holding(ifindex(netns, ifname), prog_id)
+    return mode, prog_id, holder.id if holder else None
+
+
+def link_device(link_id: int) -> int | None:
+    """The ifindex a bpf_link is attached to (0: defunct, detached or its device gone), or
+    None when the kernel has no such link any more (released)."""
+    try:
+        with link_fd_by_id(link_id) as fd:
+            return link_info(fd.fd).ifindex
+    except BpfSyscallError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+
+
+def pinned_link_id(path) -> int:
+    """The id of the bpf_link pinned at `path`."""
+    with obj_get(str(path)) as fd:
+        return link_info(fd.fd).id
 
 
 # --- traffic --------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import pytest
 
 from kube_xdp_agent.kernel import XdpLinks
 from kube_xdp_rig import workloads
-from kube_xdp_rig.rig import Rig
 from tests.e2e.kubexdp import kernel_xdp
 
 from .faultlib import TABLE, Counter, Flow, fault_program, mishandled, wait_until
