@@ -19,7 +19,7 @@ from kube_xdp_agent.kernel import XdpLinks
 from kube_xdp_rig import workloads
 from tests.e2e.kubexdp import kernel_xdp
 
-from .faultlib import TABLE, Counter, Flow, fault_program, mishandled, wait_until
+from .faultlib import TABLE, Counter, Flow, fault_program, hook_link, mishandled, wait_until
 
 pytestmark = pytest.mark.rig
 
@@ -81,16 +81,19 @@ def test_apiserver_outage_datapath_unaffected_and_everything_converges(fx, frig,
         _, converge = wait_until(converged, 120, "everything converged after the outage", interval=0.5)
         print(f"converged {converge:.1f} s after the API server was back")
         result = flow.wait()
+    relinked = hook_link(n3.netns, "eth0")[2]
     counted = counter.delta()
     bad = mishandled(result, counted)
     TABLE.add(f"3 API server down {OUTAGE:.0f} s", result.sent, bad,
               f"converged {converge:.1f} s after the API server was back; drift repaired in {repaired_in:.1f} s "
-              "during the outage", f"outage {outage:.0f} s; operator and agents not restarted")
+              "during the outage", f"outage {outage:.0f} s; operator and agents not restarted; the drift: link "
+              f"{steady_link} detached by id, re-attached by link {relinked}")
 
     assert bad == 0, (result, counted)
     assert {name: fx.pid(name) for name in names} == pids          # nobody was restarted
     # the drift was repaired with the same pinned program, and it is still there
     assert repaired_id == steady_n3 and kernel_xdp(n3.netns, "eth0") == ("native", steady_n3)
+    assert relinked not in (None, steady_link)                     # by a new link (the old one defunct, dropped)
     # the changes applied just before the outage were not lost
     assert fx.get("kxf-updated")["status"]["observedGeneration"] == fx.get("kxf-updated")["metadata"]["generation"] == 2
     late = fx.attachments("kxf-late")

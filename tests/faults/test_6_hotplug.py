@@ -1,8 +1,9 @@
 """Fault 6: a selected interface is deleted, then created again.
 
 Holds: deleted -> the attachment and the program's status say InterfaceNotFound naming it
-(the program stays pinned); recreated -> the program is attached to the new interface by
-the same agent process (no restart), Ready again, and a flow started the moment the
+(the program stays pinned; its bpf_link, defunct with the device, is detached and its pin
+dropped); recreated -> the program is attached to the new interface by a new link by the
+same agent process (no restart), Ready again, and a flow started the moment the
 interface is up is dropped by the program from then on (the packets before the attach
 are counted as mishandled: that is the recovery window).
 """
@@ -15,9 +16,10 @@ import time
 import pytest
 
 from kube_xdp_rig import workloads
-from tests.e2e.kubexdp import kernel_xdp, pins_of
+from tests.e2e.kubexdp import kernel_xdp, links_of, pins_of
 
-from .faultlib import TABLE, Counter, Flow, fault_program, ip_in_receives, mishandled, wait_until
+from .faultlib import (TABLE, Counter, Flow, fault_program, hook_link, ip_in_receives, link_device, mishandled,
+                        wait_until)
 
 pytestmark = pytest.mark.rig
 
@@ -60,6 +62,8 @@ def test_interface_deleted_is_reported_and_recreated_is_reattached(fx, frig, pro
         fx.wait_ready("kxf-hotplug")
         prog_id = fx.iface_status("kxf-hotplug", "node-3", IFACE)["progId"]
         assert kernel_xdp(node.netns, IFACE) == ("native", prog_id)
+        _, _, old_link = hook_link(node.netns, IFACE)
+        assert old_link is not None
 
         unplug(node)
         deleted = time.monotonic()
@@ -69,6 +73,9 @@ def test_interface_deleted_is_reported_and_recreated_is_reattached(fx, frig, pro
         assert IFACE in ready["message"] and ready["status"] == "False"
         assert fx.condition("kxf-hotplug", "Stalled")["status"] == "True"
         assert pins_of(node.bpffs, "kxf-hotplug")                      # still pinned: ready to come back
+        # its link, defunct with the device, released (pin dropped): nothing left to hold the program but its pin
+        wait_until(lambda: link_device(old_link) is None and not links_of(node.bpffs, "kxf-hotplug"), 10,
+                   f"link {old_link} released")
         time.sleep(2.0)
 
         counter = Counter(prog_id)                     # the pinned program lives on: count from before
@@ -84,12 +91,16 @@ def test_interface_deleted_is_reported_and_recreated_is_reattached(fx, frig, pro
             time.sleep(1.0)
             result = flow.wait()
         after_attach = ip_in_receives(node.netns) - stack_at_attach
+        _, _, new_link = hook_link(node.netns, IFACE)
         counted = counter.delta()
         bad = mishandled(result, counted)
         TABLE.add("6 interface deleted + recreated", result.sent, bad,
                   f"InterfaceNotFound {reported:.1f} s after delete; re-attached {attached:.2f} s after the "
-                  f"new link was up (Ready {ready_in:.1f} s)", "mishandled = passed before the re-attach")
+                  f"new link was up (Ready {ready_in:.1f} s)", f"mishandled = passed before the re-attach; link {old_link} "
+                  f"defunct with the old {IFACE}, released; the same prog id by a new link {new_link}")
         assert new_id == prog_id                       # the pinned program, attached to the new interface
+        assert new_link not in (None, old_link)         # by a new link: the defunct one was dropped
+        assert fx.iface_status("kxf-hotplug", "node-3", IFACE)["linkId"] == new_link
         assert fx.pid(workloads.agent_name("node-3")) == agent_pid       # no agent restart
         assert result.reached_stack == result.delivered - counted == bad    # the two views agree
         # from the attach on, every packet was dropped by the program: only the window before it passed
