@@ -115,6 +115,14 @@ def test_helpers_outside_the_offload_set() -> None:
                    ("helper", "bpf_redirect_map")}
 
 
+def test_helper_lines_count_after_string_literals() -> None:
+    """A long string before a call does not move the call's reported line (strings are
+    emptied before helpers are searched: the line is counted in that text)."""
+    src = 'int f(struct xdp_md *ctx) {\n    bpf_trace_printk("' + "x" * 80 + '\\n");\n    u64 t =\n' \
+          '        bpf_ktime_get_ns();\n    return XDP_PASS;\n}\n'
+    assert [(p.name, p.line) for p in source_problems(src)] == [("bpf_trace_printk", 2), ("bpf_ktime_get_ns", 4)]
+
+
 def test_loaded_maps_are_checked_exactly(counter_prog) -> None:
     problems = loaded_problems(counter_prog)
     assert [(p.kind, p.name) for p in problems] == [("map", "udp_hits")]

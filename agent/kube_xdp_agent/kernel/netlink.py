@@ -314,6 +314,36 @@ def _extack(exc: NetlinkError) -> str | None:
     return str(text) if text and text != os.strerror(exc.code) else None
 
 
+RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
+
+
+def _default_oif(route: Any) -> int | None:
+    """The output interface index of a unicast default route of the main table (a
+    multipath route: its first hop's), else None (pyroute2 route message)."""
+    if route["dst_len"] != 0 or route.get("table") != RT_TABLE_MAIN or route["type"] != RTN_UNICAST:
+        return None
+    oif = route.get("oif")
+    if oif is None:
+        hops = route.get("multipath") or []
+        oif = hops[0].get("oif") if hops else None
+    return oif
+
+
+def best_default_oif(routes: Any) -> int | None:
+    """The output interface index of the lowest-metric default route among `routes` (the
+    first one on a tie), else None."""
+    best: tuple[int, int] | None = None
+    for route in routes:
+        oif = _default_oif(route)
+        if oif is None:
+            continue
+        metric = route.get("priority") or 0
+        if best is None or metric < best[0]:
+            best = (metric, oif)
+    return best[1] if best else None
+
+
 class Netlink:
     """rtnetlink in one namespace. Use as a context manager, or call close().
 
@@ -472,26 +502,14 @@ class Netlink:
         every route, the local table's included, decoded in full cost ~3x as much)."""
         for family in (socket.AF_INET, socket.AF_INET6):
             try:
-                routes = self._ipr.get_default_routes(family=family, table=254)
+                routes = self._ipr.get_default_routes(family=family, table=RT_TABLE_MAIN)
             except NetlinkError as exc:
                 raise KernelError(
                     "reading routes failed", errno=exc.code, **self._ctx()
                 ) from exc
-            best: tuple[int, int] | None = None
-            for route in routes:
-                if route["dst_len"] != 0 or route.get("table") != 254 or route["type"] != 1:  # RTN_UNICAST
-                    continue
-                oif = route.get("oif")
-                if oif is None:
-                    hops = route.get("multipath") or []
-                    oif = hops[0].get("oif") if hops else None
-                if oif is None:
-                    continue
-                metric = route.get("priority") or 0
-                if best is None or metric < best[0]:
-                    best = (metric, oif)
-            if best is not None:
-                links = self._ipr.link("get", index=best[1])
+            oif = best_default_oif(routes)
+            if oif is not None:
+                links = self._ipr.link("get", index=oif)
                 return links[0].get("ifname") if links else None
         return None
 
@@ -516,49 +534,18 @@ class Netlink:
             wanted_id = _prog_id_of(prog_fd)
         except BpfSyscallError as exc:
             raise AttachError(f"fd {prog_fd} is not a BPF program", errno=exc.errno, **ctx) from exc
-        if expected_prog_fd is None:
-            flags = XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flag
-        else:
-            flags = XDP_FLAGS_REPLACE | mode_flag
+        flags = (XDP_FLAGS_UPDATE_IF_NOEXIST if expected_prog_fd is None else XDP_FLAGS_REPLACE) | mode_flag
         for attempt in range(BUSY_RETRIES + 1):
             try:
                 self._set_xdp(index, prog_fd, flags, expected_prog_fd)
                 break
             except NetlinkError as exc:
-                code, kmsg = exc.code, _extack(exc)
-                if code == errno.ENODEV:
-                    raise InterfaceNotFound(f"interface {name!r} vanished", **ctx) from exc
-                if code in (errno.EBUSY, errno.EEXIST):
-                    state = self.read_xdp(name)
-                    occupant, occ_mode = state.occupant
-                    if occupant is None and code == errno.EBUSY and attempt < BUSY_RETRIES:
-                        time.sleep(BUSY_BACKOFF_S * 2**attempt)  # hook still being released
-                        continue
-                    if occupant is None:
-                        if expected_prog_fd is not None:
-                            raise AttachError(
-                                "the program to replace is no longer on the hook (it is empty)",
-                                errno=code, kernel_message=kmsg, **ctx,
-                            ) from exc
-                        raise HookBusy(
-                            "the XDP hook stayed busy although no program shows on it",
-                            errno=code, kernel_message=kmsg, **ctx,
-                        ) from exc
-                    raise HookBusy(
-                        f"the XDP hook holds program {occupant} ({occ_mode}), which is not ours to replace",
-                        prog_id=occupant, attached_mode=occ_mode, errno=code, kernel_message=kmsg,
-                        **ctx,
-                    ) from exc
-                if code in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise AttachError(
-                        f"the driver refused XDP in {mode} mode" + (f": {kmsg}" if kmsg else ""),
-                        reason="DriverModeUnsupported", errno=code, kernel_message=kmsg,
-                        **ctx,
-                    ) from exc
-                raise AttachError(
-                    f"attach failed: {kmsg or os.strerror(code)}", errno=code, kernel_message=kmsg,
-                    **ctx,
-                ) from exc
+                error = self._attach_refused(exc, name, mode, ctx, replacing=expected_prog_fd is not None,
+                                             may_retry=attempt < BUSY_RETRIES)
+                if error is None:
+                    time.sleep(BUSY_BACKOFF_S * 2**attempt)  # hook still being released
+                    continue
+                raise error from exc
         state = self.read_xdp(name)
         if state.prog_id_for(mode) != wanted_id:
             raise AttachError(
@@ -567,6 +554,46 @@ class Netlink:
                 **ctx,
             )
         return state
+
+    def _attach_refused(self, exc: NetlinkError, name: str, mode: str, ctx: dict[str, Any], *, replacing: bool,
+                        may_retry: bool) -> KernelError | None:
+        """What the kernel's refusal of an attach means, by errno (see the module
+        docstring); None: EBUSY on an empty hook with retries left (a program still being
+        released): the caller tries again."""
+        code, kmsg = exc.code, _extack(exc)
+        if code == errno.ENODEV:
+            return InterfaceNotFound(f"interface {name!r} vanished", **ctx)
+        if code in (errno.EBUSY, errno.EEXIST):
+            return self._hook_busy(name, code, kmsg, ctx, replacing=replacing, may_retry=may_retry)
+        if code in (errno.EOPNOTSUPP, errno.EINVAL):
+            return AttachError(
+                f"the driver refused XDP in {mode} mode" + (f": {kmsg}" if kmsg else ""),
+                reason="DriverModeUnsupported", errno=code, kernel_message=kmsg, **ctx,
+            )
+        return AttachError(f"attach failed: {kmsg or os.strerror(code)}", errno=code, kernel_message=kmsg, **ctx)
+
+    def _hook_busy(self, name: str, code: int, kmsg: str | None, ctx: dict[str, Any], *, replacing: bool,
+                   may_retry: bool) -> KernelError | None:
+        """EBUSY/EEXIST, judged from the hook read back: the program that holds it
+        (HookBusy naming it), or an empty hook: a release still under way (None: retry),
+        the program to replace gone (AttachError), or busy with nothing to show (HookBusy)."""
+        occupant, occ_mode = self.read_xdp(name).occupant
+        if occupant is not None:
+            return HookBusy(
+                f"the XDP hook holds program {occupant} ({occ_mode}), which is not ours to replace",
+                prog_id=occupant, attached_mode=occ_mode, errno=code, kernel_message=kmsg, **ctx,
+            )
+        if code == errno.EBUSY and may_retry:
+            return None
+        if replacing:
+            return AttachError(
+                "the program to replace is no longer on the hook (it is empty)",
+                errno=code, kernel_message=kmsg, **ctx,
+            )
+        return HookBusy(
+            "the XDP hook stayed busy although no program shows on it",
+            errno=code, kernel_message=kmsg, **ctx,
+        )
 
     def detach(self, name: str, mode: str, *, expected_prog_fd: int) -> XdpState:
         """Remove the program in `mode` only if it is `expected_prog_fd`'s; idempotent.

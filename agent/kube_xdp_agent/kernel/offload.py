@@ -188,48 +188,65 @@ def _args(text: str, open_paren: int) -> list[str] | None:
     return None
 
 
-def source_problems(source: str) -> list[Problem]:
-    """Offload rules broken by `source`, found without compiling (see the module doc)."""
-    text = _strip_comments(source)
-    line_of = lambda pos: text.count("\n", 0, pos) + 1  # noqa: E731
-    problems: list[Problem] = []
+def _line(text: str, pos: int) -> int:
+    """The 1-based line of position `pos` in `text`."""
+    return text.count("\n", 0, pos) + 1
+
+
+def _arg(args: list[str], i: int, default: str | None = "?") -> str | None:
+    return args[i] if len(args) > i else default
+
+
+# The flags argument of the typed macros that have one: BPF_F_TABLE(type, key, leaf, name,
+# entries, flags), BPF_TABLE_PINNED(type, key, leaf, name, entries, path, flags).
+_FLAGS_ARG = {"BPF_F_TABLE": 5, "BPF_TABLE_PINNED": 6}
+
+
+def _table_decl(macro: str, args: list[str]) -> tuple[str, str, str | None] | None:
+    """(bcc table type, map name, flags argument or None) of a map-declaring macro call,
+    or None when `macro` declares no map (or its type is not a string literal)."""
+    if macro in _MACRO_TYPES:
+        return _MACRO_TYPES[macro], _arg(args, 0), None
+    if macro not in _TYPED_MACROS or not args or not args[0].startswith('"'):
+        return None
+    table_type = args[0].strip('"')
+    if macro.startswith("BPF_QUEUESTACK"):          # (type, name, leaf, entries, flags)
+        return table_type, _arg(args, 1), _arg(args, 4, None)
+    if macro == "BPF_XDP_REDIRECT_MAP":             # (type, leaf, name, entries)
+        return table_type, _arg(args, 2), None
+    flags_at = _FLAGS_ARG.get(macro)                # the others: (type, key, leaf, name, ...)
+    return table_type, _arg(args, 3), (_arg(args, flags_at, None) if flags_at is not None else None)
+
+
+def _map_problem(macro: str, table_type: str, name: str, flags: str | None, line: int) -> Problem | None:
+    """The offload rule a map declaration breaks, if any: its type, then its flags."""
+    if table_type not in OFFLOAD_MAP_TYPES:
+        kind = "a per-CPU map" if "percpu" in table_type else f"a {table_type} map"
+        return Problem("map", name, f"map {name!r} is {kind} ({macro}): only array and hash maps can be offloaded",
+                       line)
+    if flags not in (None, "", "0"):
+        return Problem("map_flags", name, f"map {name!r} has flags {flags}: offloaded maps take no flags", line)
+    return None
+
+
+def _map_problems(text: str) -> list[Problem]:
+    """The map declarations of `text` (comments stripped) that break an offload rule."""
+    problems = []
     for m in _MACRO_RE.finditer(text):
-        macro = m.group(1)
         if text[: m.start()].rstrip().endswith("#define"):
             continue  # a macro of the user's own, not a declaration
         args = _args(text, m.end() - 1)
-        if args is None:
-            continue
-        if macro in _MACRO_TYPES:
-            table_type, name = _MACRO_TYPES[macro], (args[0] if args else "?")
-            flags = None
-        elif macro in _TYPED_MACROS and args and args[0].startswith('"'):
-            table_type = args[0].strip('"')
-            if macro.startswith("BPF_QUEUESTACK"):
-                name = args[1] if len(args) > 1 else "?"
-                flags = args[4] if len(args) > 4 else None
-            elif macro == "BPF_XDP_REDIRECT_MAP":
-                name, flags = (args[2] if len(args) > 2 else "?"), None
-            else:
-                name = args[3] if len(args) > 3 else "?"
-                flags = args[5] if macro in ("BPF_F_TABLE", "BPF_TABLE_PINNED") and len(args) > 5 else None
-                if macro == "BPF_TABLE_PINNED":
-                    flags = args[6] if len(args) > 6 else None  # (type, k, v, name, n, path, flags)
-        else:
-            continue
-        if table_type not in OFFLOAD_MAP_TYPES:
-            kind = "a per-CPU map" if "percpu" in table_type else f"a {table_type} map"
-            problems.append(Problem(
-                "map", name,
-                f"map {name!r} is {kind} ({macro}): only array and hash maps can be offloaded",
-                line_of(m.start()),
-            ))
-        elif flags not in (None, "", "0"):
-            problems.append(Problem(
-                "map_flags", name,
-                f"map {name!r} has flags {flags}: offloaded maps take no flags", line_of(m.start()),
-            ))
-    code = _STRING_RE.sub('""', text)
+        decl = _table_decl(m.group(1), args) if args is not None else None
+        problem = _map_problem(m.group(1), *decl, _line(text, m.start())) if decl is not None else None
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def _helper_problems(code: str) -> list[Problem]:
+    """Helpers outside the offload set that `code` (comments stripped, string literals
+    emptied) calls, directly or through bcc's map methods; each helper once."""
+    problems: list[Problem] = []
     seen: set[str] = set()
     for m in _CALL_RE.finditer(code):
         helper = m.group(1)
@@ -239,7 +256,7 @@ def source_problems(source: str) -> list[Problem]:
         problems.append(Problem(
             "helper", helper,
             f"{helper}() is not in the offload helper set ({', '.join(sorted(OFFLOAD_HELPERS))})",
-            line_of(m.start()),
+            _line(code, m.start()),
         ))
     for m in _METHOD_RE.finditer(code):
         for helper in _METHOD_HELPERS.get(m.group(1), ()):
@@ -249,9 +266,17 @@ def source_problems(source: str) -> list[Problem]:
             problems.append(Problem(
                 "helper", helper,
                 f".{m.group(1)}() compiles to {helper}(), which is not in the offload helper set",
-                line_of(m.start()),
+                _line(code, m.start()),
             ))
     return problems
+
+
+def source_problems(source: str) -> list[Problem]:
+    """Offload rules broken by `source`, found without compiling (see the module doc):
+    its map declarations, then the helpers it calls."""
+    text = _strip_comments(source)
+    # string literals never span lines: emptying them keeps every line number
+    return _map_problems(text) + _helper_problems(_STRING_RE.sub('""', text))
 
 
 def loaded_problems(prog: LoadedProgram) -> list[Problem]:
