@@ -153,3 +153,38 @@ def test_device_bound_load_on_veth_is_offload_unsupported(netns_pair, compiler: 
         assert info.value.reason == "OffloadUnsupported"
         assert isinstance(info.value.__cause__, CompileError)
         assert "could not open bpf map" in info.value.__cause__.output
+
+
+# Who refused a device-bound compile is decided by compiling for the host, not from bcc's
+# text: a source whose own clang error carries the words bcc prints for a refused map...
+TEXT_BAIT_SRC = '#error "could not open bpf map: hits, error: Invalid argument"\n' + PASS_ONLY_SRC
+# ...and a per-CPU map the source scan cannot see (its type behind the user's macro): the
+# device refuses it at creation, the host program's map types name it.
+HIDDEN_PERCPU_SRC = r"""
+#define KIND "percpu_array"
+BPF_TABLE(KIND, u32, u64, hits, 1);
+int xdp_hidden(struct xdp_md *ctx) {
+    u32 key = 0;
+    u64 *v = hits.lookup(&key);
+    if (v)
+        *v += 1;
+    return XDP_PASS;
+}
+"""
+
+
+def test_a_source_that_does_not_compile_is_its_own_error_whatever_its_text(netns_pair, compiler: Compiler) -> None:
+    with Netlink(netns_pair.ns) as nl, pytest.raises(CompileError) as info:
+        load_for_offload(compiler, nl, netns_pair.ns_if, CompileRequest(TEXT_BAIT_SRC, "xdp_ok"))
+    assert info.value.reason == "CompileError"                  # not OffloadUnsupported / ProgramNotOffloadable
+    assert "could not open bpf map" in info.value.output       # the bait is in clang's own output
+
+
+def test_a_map_the_device_refuses_is_named_from_the_host_program(netns_pair, compiler: Compiler) -> None:
+    assert source_problems(HIDDEN_PERCPU_SRC) == []            # the source scan cannot see it
+    held = set(compiler.cached_keys())
+    with Netlink(netns_pair.ns) as nl, pytest.raises(ProgramNotOffloadable) as info:
+        load_for_offload(compiler, nl, netns_pair.ns_if, CompileRequest(HIDDEN_PERCPU_SRC, "xdp_hidden"))
+    assert info.value.problems == ("map 'hits' is a per-CPU map: only array and hash maps can be offloaded",)
+    assert isinstance(info.value.__cause__, CompileError)      # the device-bound compile's failure
+    assert set(compiler.cached_keys()) == held                 # the host program compiled to check is released

@@ -30,6 +30,16 @@ What is checked, and where:
 3. The device itself: a refused map or program raises ProgramNotOffloadable with bcc's
    or the kernel's text, unless a trivial program cannot be loaded for the device
    either, in which case the device cannot offload at all: OffloadUnsupported.
+   Who refused is decided from outcomes, never from bcc's text. bcc's BPF() fails the
+   same way (a bare Exception, the reason only printed) whether clang refused the source
+   or the device refused a map at creation (EINVAL: a per-CPU map, or more entries than
+   the device holds), and errno is no witness (clang's own file lookups set it). So a
+   device-bound compile that fails is compared with the same request compiled for the
+   host: failing there too, the error is the program's own and is raised as such;
+   compiling there, the device refused what the host accepts, and the host program's
+   maps are checked exactly (`loaded_problems`) before the device is asked whether it
+   can offload at all. The extra host compile happens only on that failure path (a
+   device's refusal is then remembered per interface: offloads.py).
 
 Reasons: ProgramNotOffloadable (the program breaks a rule, or the device refused it),
 OffloadUnsupported (the device or driver cannot offload, or refused the HW attach:
@@ -54,6 +64,7 @@ from .errors import (
     BpfSyscallError,
     CompileError,
     HeadersNotFound,
+    KernelError,
     ProgramNotOffloadable,
     VerifierError,
 )
@@ -364,7 +375,8 @@ def load_for_offload(compiler: Compiler, netlink: Netlink, interface: str, req: 
 
     Raises ProgramNotOffloadable (rules broken, or the device refused the program's maps
     or code), AttachError(OffloadUnsupported) when the device cannot offload at all, and
-    lets compile errors of the program itself through (they would fail any mode).
+    lets errors of the program itself through (they would fail any mode): a source that
+    does not compile for the host either (see the module docstring, point 3).
     """
     ctx = {"interface": interface, "netns": netlink.netns, "mode": "offload"}
     check_source(req.source, **ctx)
@@ -381,24 +393,52 @@ def load_for_offload(compiler: Compiler, netlink: Netlink, interface: str, req: 
     except HeadersNotFound:
         raise
     except (CompileError, VerifierError) as exc:
-        output = getattr(exc, "output", "")
-        if isinstance(exc, CompileError) and "could not open bpf map" not in output:
-            raise  # clang refused the source: not an offload matter
-        can, err = device_can_offload(netlink, interface)
-        if not can:
-            raise AttachError(
-                f"{interface} cannot offload XDP: loading a program bound to it fails"
-                + (f" ({errno_mod.errorcode.get(err, err)})" if err else ""),
-                reason=OFFLOAD_UNSUPPORTED, errno=err, **ctx,
-            ) from exc
-        raise ProgramNotOffloadable(
-            f"{interface} refused the program for offload: {exc.message}",
-            problems=("the device refused the program's maps or code",), output=output,
-            errno=exc.errno, **ctx,
-        ) from exc
+        problems = _host_problems(compiler, req) if isinstance(exc, CompileError) else []
+        raise _device_refusal(netlink, interface, exc, problems, ctx) from exc
     try:
         check_loaded(prog, **ctx)
     except ProgramNotOffloadable:
         compiler.release(prog.key)
         raise
     return prog
+
+
+def _host_problems(compiler: Compiler, req: CompileRequest) -> list[Problem]:
+    """A device-bound compile failed: the offload rules broken by the maps of `req`
+    compiled for the host (exact: the kernel's map types and flags). Raises the host
+    compile's error when the program does not build for the host either (its own error,
+    not the device's); a host program the verifier refuses says nothing about its maps
+    ([]: the native or generic attempt reports that error). The host program is released
+    unless this compiler already held it."""
+    host_req = dataclasses.replace(req, device=None)
+    held = compiler.key(host_req) in compiler.cached_keys()
+    try:
+        host = compiler.load(host_req)
+    except VerifierError:
+        return []
+    try:
+        return loaded_problems(host)
+    finally:
+        if not held:
+            compiler.release(host.key)
+
+
+def _device_refusal(netlink: Netlink, interface: str, exc: CompileError | VerifierError, problems: list[Problem],
+                    ctx: dict[str, Any]) -> KernelError:
+    """Why the device refused a program the host takes: its maps break a rule (`problems`,
+    from the host program), the device cannot offload at all (a trivial program cannot be
+    loaded for it either), or the device's own limits."""
+    if problems:
+        return _not_offloadable(problems, **ctx)
+    can, err = device_can_offload(netlink, interface)
+    if not can:
+        return AttachError(
+            f"{interface} cannot offload XDP: loading a program bound to it fails"
+            + (f" ({errno_mod.errorcode.get(err, err)})" if err else ""),
+            reason=OFFLOAD_UNSUPPORTED, errno=err, **ctx,
+        )
+    return ProgramNotOffloadable(
+        f"{interface} refused the program for offload: {exc.message}",
+        problems=("the device refused the program's maps or code",), output=getattr(exc, "output", ""),
+        errno=exc.errno, **ctx,
+    )
